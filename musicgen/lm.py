@@ -1,0 +1,175 @@
+"""The MusicGen language model: a pre-norm transformer over EnCodec codes, with a static key/value cache.
+
+This module imports only torch. Tensor names (the state dict every checkpoint reader produces):
+
+    embed.weight                        [K*(card+1), D]  codebook k's table: rows k*(card+1) .. (k+1)*(card+1)
+    layers.{i}.norm1.weight|bias        [D]
+    layers.{i}.self_attn.in_proj.weight [3D, D]          q, k, v rows stacked
+    layers.{i}.self_attn.out_proj.weight [D, D]
+    layers.{i}.norm_cross.weight|bias   [D]              cross-attention models only
+    layers.{i}.cross_attn.in_proj.weight [3D, D]         cross-attention models only
+    layers.{i}.cross_attn.out_proj.weight [D, D]         cross-attention models only
+    layers.{i}.norm2.weight|bias        [D]
+    layers.{i}.ff1.weight               [F, D]
+    layers.{i}.ff2.weight               [D, F]
+    out_norm.weight|bias                [D]
+    heads.weight                        [K*card, D]      codebook k's head: rows k*card .. (k+1)*card
+    text_proj.weight|bias               [D, text_dim], [D]
+    chroma_proj.weight|bias             [D, 12], [D]     melody models only
+
+All codebooks are embedded and predicted with one op each (one fused table, one fused head), and the
+query/key/value projections are one matrix, because on CPU the step is dominated by per-op overhead.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import LMConfig
+
+
+def sinusoidal_table(num_positions: int, dim: int) -> torch.Tensor:
+    """Positions table [P, D]: cos in the first half, sin in the second (MusicGen's convention)."""
+    half = dim // 2
+    inv_freq = torch.exp(torch.arange(half, dtype=torch.float32) * -(math.log(10000.0) / (half - 1)))
+    angles = torch.arange(num_positions, dtype=torch.float32)[:, None] * inv_freq[None, :]
+    return torch.cat([torch.cos(angles), torch.sin(angles)], dim=1)
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.in_proj = nn.Linear(dim, 3 * dim, bias=False)
+        self.out_proj = nn.Linear(dim, dim, bias=False)
+
+
+class Layer(nn.Module):
+    def __init__(self, cfg: LMConfig):
+        super().__init__()
+        eps = cfg.layer_norm_eps
+        self.norm1 = nn.LayerNorm(cfg.dim, eps=eps)
+        self.self_attn = Attention(cfg.dim, cfg.num_heads)
+        if cfg.conditioning == "cross":
+            self.norm_cross = nn.LayerNorm(cfg.dim, eps=eps)
+            self.cross_attn = Attention(cfg.dim, cfg.num_heads)
+        self.norm2 = nn.LayerNorm(cfg.dim, eps=eps)
+        self.ff1 = nn.Linear(cfg.dim, cfg.ffn_dim, bias=False)
+        self.ff2 = nn.Linear(cfg.ffn_dim, cfg.dim, bias=False)
+
+
+class KVCache:
+    """Keys and values of every layer, allocated once for a whole window.
+
+    k, v: [L, B, H, T_max, hd]. Cross-attention keys/values are computed once per request and kept in
+    cross_k, cross_v: [L, B, H, S, hd], with cross_bias [B, 1, 1, S] (0 for a text token, a large negative
+    number for padding, so padded tokens get no weight).
+    """
+
+    def __init__(self, cfg: LMConfig, batch: int, max_len: int, device, dtype):
+        shape = (cfg.num_layers, batch, cfg.num_heads, max_len, cfg.head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.max_len = max_len
+        self.cross_k: torch.Tensor | None = None
+        self.cross_v: torch.Tensor | None = None
+        self.cross_bias: torch.Tensor | None = None
+
+
+class LanguageModel(nn.Module):
+    """MusicGen's transformer. Text models cross-attend to the text; melody models read it as a prefix."""
+
+    def __init__(self, cfg: LMConfig):
+        super().__init__()
+        self.cfg = cfg
+        K, D = cfg.num_codebooks, cfg.dim
+        self.embed = nn.Embedding(K * (cfg.card + 1), D)
+        self.layers = nn.ModuleList([Layer(cfg) for _ in range(cfg.num_layers)])
+        self.out_norm = nn.LayerNorm(D, eps=cfg.layer_norm_eps)
+        self.heads = nn.Linear(D, K * cfg.card, bias=False)
+        self.text_proj = nn.Linear(cfg.text_dim, D)
+        if cfg.conditioning == "prepend":
+            self.chroma_proj = nn.Linear(cfg.num_chroma, D)
+        self.register_buffer("positions", sinusoidal_table(cfg.max_positions, D), persistent=False)
+        # offsets that move codebook k's tokens into its slice of the fused embedding table
+        self.register_buffer("codebook_offsets", torch.arange(K) * (cfg.card + 1), persistent=False)
+
+    # ---- conditioning -------------------------------------------------------------------------
+    def project_text(self, text_states: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+        """T5 states [B, S, text_dim] and mask [B, S] -> projected states [B, S, D], zero at padding."""
+        projected = self.text_proj(text_states.to(self.text_proj.weight.dtype))
+        return projected * text_mask[..., None].to(projected.dtype)
+
+    def project_chroma(self, chroma: torch.Tensor) -> torch.Tensor:
+        """One-hot chroma [B, T, 12] -> [B, T, D] (melody models)."""
+        return self.chroma_proj(chroma.to(self.chroma_proj.weight.dtype))
+
+    def prepare_cross(self, cache: KVCache, text: torch.Tensor, text_mask: torch.Tensor) -> None:
+        """Computes every layer's cross-attention keys/values once per request.
+
+        text: [B, S, D] projected states; text_mask: [B, S] (1 = token, 0 = padding).
+        """
+        B, S, D = text.shape
+        H, hd = self.cfg.num_heads, self.cfg.head_dim
+        ks, vs = [], []
+        for layer in self.layers:
+            kv = F.linear(text, layer.cross_attn.in_proj.weight[D:])  # [B, S, 2D]
+            k, v = kv.view(B, S, 2, H, hd).permute(2, 0, 3, 1, 4)  # each [B, H, S, hd]
+            ks.append(k)
+            vs.append(v)
+        cache.cross_k = torch.stack(ks)
+        cache.cross_v = torch.stack(vs)
+        # finite, not -inf: a fully masked row (the unconditional half of CFG) then averages zero values
+        # and yields exactly zero, as the reference implementations do, instead of NaN
+        neg = torch.finfo(text.dtype).min
+        cache.cross_bias = ((1.0 - text_mask.to(text.dtype)) * neg)[:, None, None, :]
+
+    # ---- the transformer ------------------------------------------------------------------------
+    def embed_codes(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes [B, K, T] (special token = card allowed) -> summed embeddings [B, T, D]."""
+        ids = codes + self.codebook_offsets[None, :, None]
+        return F.embedding(ids, self.embed.weight).sum(dim=1)
+
+    def forward_embeds(self, x: torch.Tensor, cache: KVCache, start: int) -> torch.Tensor:
+        """Runs hidden states x [B, T, D] at positions start..start+T-1, filling the cache there.
+
+        Returns the logits of the last position: [B, K, card].
+        """
+        B, T, D = x.shape
+        cfg = self.cfg
+        H, hd = cfg.num_heads, cfg.head_dim
+        end = start + T
+        x = x + self.positions[start:end].to(x.dtype)
+        # causal mask over the filled prefix: query i (absolute start+i) sees keys 0..start+i
+        causal = None
+        if T > 1:
+            q_pos = torch.arange(start, end, device=x.device)[:, None]
+            k_pos = torch.arange(end, device=x.device)[None, :]
+            causal = k_pos <= q_pos  # [T, end]
+        for i, layer in enumerate(self.layers):
+            h = layer.norm1(x)
+            qkv = F.linear(h, layer.self_attn.in_proj.weight).view(B, T, 3, H, hd)
+            q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each [B, H, T, hd]
+            cache.k[i, :, :, start:end] = k
+            cache.v[i, :, :, start:end] = v
+            a = F.scaled_dot_product_attention(q, cache.k[i, :, :, :end], cache.v[i, :, :, :end], attn_mask=causal)
+            x = x + F.linear(a.transpose(1, 2).reshape(B, T, D), layer.self_attn.out_proj.weight)
+            if cfg.conditioning == "cross":
+                h = layer.norm_cross(x)
+                q = F.linear(h, layer.cross_attn.in_proj.weight[:D]).view(B, T, H, hd).transpose(1, 2)
+                a = F.scaled_dot_product_attention(q, cache.cross_k[i], cache.cross_v[i], attn_mask=cache.cross_bias)
+                x = x + F.linear(a.transpose(1, 2).reshape(B, T, D), layer.cross_attn.out_proj.weight)
+            h = layer.norm2(x)
+            x = x + layer.ff2(F.gelu(layer.ff1(h)))
+        x = self.out_norm(x[:, -1])
+        return self.heads(x).view(B, cfg.num_codebooks, cfg.card)
+
+    def new_cache(self, batch: int, max_len: int) -> KVCache:
+        if max_len > self.cfg.max_positions:
+            raise ValueError(f"a window of {max_len} positions exceeds the model's {self.cfg.max_positions}")
+        p = self.heads.weight
+        return KVCache(self.cfg, batch, max_len, p.device, p.dtype)

@@ -1,0 +1,137 @@
+"""From a name or folder to a ready `MusicGen`: find the files, read the layout, build the modules."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .checkpoints import Checkpoint, detect_layout
+from .codec import Codec
+from .conditioning import TextEncoder
+from .errors import CheckpointError
+from .lm import LanguageModel, sinusoidal_table
+from .model import MusicGen
+
+
+def load_checkpoint(name_or_path: str, download: bool = True) -> Checkpoint:
+    """Reads the checkpoint that a variant name, a Hub id or a folder names."""
+    from .weights import resolve_model
+
+    folder = resolve_model(name_or_path, download=download)
+    return read_checkpoint(folder)
+
+
+def read_checkpoint(folder: Path) -> Checkpoint:
+    """Reads a checkpoint folder in either layout."""
+    layout = detect_layout(folder)
+    if layout == "transformers":
+        from .checkpoints.transformers_layout import read_transformers
+
+        return read_transformers(folder)
+    if layout == "audiocraft":
+        from .checkpoints.audiocraft_layout import read_audiocraft
+
+        return read_audiocraft(folder)
+    raise CheckpointError(
+        f"{folder}: holds no MusicGen checkpoint; expected config.json with *.safetensors "
+        "(transformers' layout) or state_dict.bin with compression_state_dict.bin (audiocraft's layout)."
+    )
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def build_model(ckpt: Checkpoint, device: str | None = None) -> MusicGen:
+    """Builds the modules of `ckpt` on `device` (fp32 on CPU, bf16 language model on CUDA)."""
+    device = torch.device(device or default_device())
+    lm_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    lm = build_lm(ckpt).to(device=device, dtype=lm_dtype).eval()
+    text = TextEncoder(*_text_encoder(ckpt))
+    text.model.to(device)
+    codec_model = _codec(ckpt)
+    codec = Codec(codec_model.to(device), ckpt.config.lm.audio_channels)
+    if codec.num_codebooks != ckpt.config.lm.num_codebooks:
+        raise CheckpointError(
+            f"{ckpt.source}: the codec gives {codec.num_codebooks} codebooks but the language model "
+            f"expects {ckpt.config.lm.num_codebooks}."
+        )
+    return MusicGen(ckpt.config, lm, text, codec)
+
+
+def build_lm(ckpt: Checkpoint) -> LanguageModel:
+    """The language model of `ckpt`, its tensors checked against the config."""
+    with torch.device("meta"):
+        lm = LanguageModel(ckpt.config.lm)
+    expected = {k: v.shape for k, v in lm.state_dict().items()}
+    missing = sorted(set(expected) - set(ckpt.lm_state))
+    extra = sorted(set(ckpt.lm_state) - set(expected))
+    wrong = [
+        f"{k}: {tuple(ckpt.lm_state[k].shape)} instead of {tuple(s)}"
+        for k, s in expected.items()
+        if k in ckpt.lm_state and ckpt.lm_state[k].shape != s
+    ]
+    if missing or extra or wrong:
+        raise CheckpointError(
+            f"{ckpt.source}: the language-model tensors do not fit its config "
+            f"(missing {missing[:3]}, unexpected {extra[:3]}, wrong shapes {wrong[:3]})."
+        )
+    lm.load_state_dict({k: v.float() for k, v in ckpt.lm_state.items()}, assign=True)
+    lm.requires_grad_(False)
+    # buffers are not in the state dict: rebuild them off the meta device
+    cfg = ckpt.config.lm
+    lm.positions = sinusoidal_table(cfg.max_positions, cfg.dim)
+    lm.codebook_offsets = torch.arange(cfg.num_codebooks) * (cfg.card + 1)
+    return lm
+
+
+def _text_encoder(ckpt: Checkpoint):
+    from transformers import AutoTokenizer, T5Config, T5EncoderModel
+
+    cfg = ckpt.config
+    if ckpt.text_encoder_state is not None and cfg.text_encoder is not None:
+        t5_cfg = T5Config(**{k: v for k, v in cfg.text_encoder.items() if k != "model_type"})
+        model = T5EncoderModel(t5_cfg)
+        missing, unexpected = model.load_state_dict(ckpt.text_encoder_state, strict=False)
+        # T5 ties encoder.embed_tokens to shared; files may hold only one of them
+        if unexpected or any(k not in ("encoder.embed_tokens.weight", "shared.weight") for k in missing):
+            raise CheckpointError(
+                f"{ckpt.source}: the text encoder weights do not fit its config "
+                f"(missing {missing[:3]}, unexpected {unexpected[:3]})."
+            )
+        if missing:
+            model.tie_weights()
+        tok_source = ckpt.tokenizer_dir
+    else:
+        from .weights import resolve_pretrained
+
+        folder = resolve_pretrained(cfg.text_encoder_name)
+        model = T5EncoderModel.from_pretrained(folder)
+        tok_source = ckpt.tokenizer_dir or folder
+    if tok_source is None:
+        from .weights import resolve_pretrained
+
+        tok_source = resolve_pretrained(cfg.text_encoder_name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(tok_source))
+    except Exception as e:  # transformers raises many kinds here; all mean "no usable tokenizer"
+        raise CheckpointError(f"{tok_source}: no usable T5 tokenizer files ({e}).") from e
+    return model.float().eval(), tokenizer
+
+
+def _codec(ckpt: Checkpoint):
+    from transformers import EncodecConfig, EncodecModel
+
+    cfg = ckpt.config
+    if ckpt.codec_state is not None and cfg.codec is not None:
+        model = EncodecModel(EncodecConfig(**{k: v for k, v in cfg.codec.items() if k != "model_type"}))
+        try:
+            model.load_state_dict(ckpt.codec_state, strict=True)
+        except RuntimeError as e:
+            raise CheckpointError(f"{ckpt.source}: the codec weights do not fit its config ({e}).") from e
+    else:
+        from .weights import resolve_pretrained
+
+        model = EncodecModel.from_pretrained(resolve_pretrained(cfg.codec_name))
+    return model.float().eval()

@@ -1,0 +1,207 @@
+"""`MusicGen`: a loaded model with one `generate` method that every entry point calls."""
+
+from __future__ import annotations
+
+import math
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .checkpoints import Checkpoint
+from .codec import Codec
+from .conditioning import TextEncoder
+from .config import ModelConfig
+from .errors import InvalidInputError
+from .generation import LongFormPlan, WindowConditions, generate_long, steps_for
+from .lm import LanguageModel
+from .sampling import SamplingParams
+
+MAX_WINDOW_SECONDS = 30.0  # sinusoidal positions were trained on 30 s windows
+DEFAULT_STRIDE_SECONDS = 18.0  # audiocraft's extend_stride: windows overlap by 12 s
+
+
+@dataclass
+class GenerationResult:
+    """What `generate` returns.
+
+    audio: [B, C, S] float32 at `sample_rate`; codes: [B, K, T] int64 in the model's codebook order,
+    delays undone, the continued prompt included; seed: the seed actually used.
+    """
+
+    audio: torch.Tensor
+    codes: torch.Tensor
+    sample_rate: int
+    seed: int
+
+
+def check_generation_args(
+    *, duration: float, sampling: SamplingParams, melody_given: bool, model_accepts_melody: bool | None = None
+) -> None:
+    """Rejects bad parameters before any model work; raises InvalidInputError saying what to change."""
+    if not isinstance(duration, (int, float)) or not math.isfinite(duration) or duration <= 0:
+        raise InvalidInputError(f"duration must be a positive number of seconds, got {duration!r}.")
+    if not 0.0 <= sampling.top_p <= 1.0:
+        raise InvalidInputError(f"top_p must be between 0 and 1 (0 switches it off), got {sampling.top_p}.")
+    if sampling.top_k < 0:
+        raise InvalidInputError(f"top_k must be 0 (off) or a positive number of tokens, got {sampling.top_k}.")
+    if not math.isfinite(sampling.temperature) or sampling.temperature < 0:
+        raise InvalidInputError(f"temperature must be >= 0 (0 = greedy), got {sampling.temperature}.")
+    if not math.isfinite(sampling.cfg_coef) or sampling.cfg_coef < 0:
+        raise InvalidInputError(f"the guidance scale (cfg) must be >= 0, got {sampling.cfg_coef}.")
+    if melody_given and model_accepts_melody is False:
+        raise InvalidInputError(
+            "a melody was given, but this model takes no melody: use a melody variant "
+            "(melody, melody-large, stereo-melody, stereo-melody-large), or drop the melody."
+        )
+
+
+class MusicGen:
+    """A MusicGen model ready to generate: language model, T5 text encoder, EnCodec."""
+
+    def __init__(self, config: ModelConfig, lm: LanguageModel, text: TextEncoder, codec: Codec):
+        self.config = config
+        self.lm = lm
+        self.text = text
+        self.codec = codec
+
+    @classmethod
+    def load(cls, name_or_path: str | Path, device: str | None = None, download: bool = True) -> MusicGen:
+        """Loads a variant name (`small`, `stereo-melody-large`...), a Hub id, or a checkpoint folder."""
+        from .loading import load_checkpoint, build_model
+
+        ckpt: Checkpoint = load_checkpoint(str(name_or_path), download=download)
+        return build_model(ckpt, device)
+
+    @property
+    def device(self) -> torch.device:
+        return self.lm.heads.weight.device
+
+    @property
+    def accepts_melody(self) -> bool:
+        return self.config.is_melody
+
+    @property
+    def channels(self) -> int:
+        return self.config.lm.audio_channels
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        prompts: list[str | None] | str | None = None,
+        *,
+        duration: float = 8.0,
+        melody: torch.Tensor | None = None,
+        continuation: torch.Tensor | None = None,
+        sampling: SamplingParams = SamplingParams(),
+        seed: int | None = None,
+        batch_size: int | None = None,
+        extend_stride: float = DEFAULT_STRIDE_SECONDS,
+        progress: bool = False,
+    ) -> GenerationResult:
+        """Generates audio.
+
+        Args:
+            prompts: one text per clip; None or "" for a clip without text. A string means one clip.
+            duration: seconds of each clip, the continued audio included; past 30 s, windows of 30 s
+                overlap by 30 - extend_stride seconds.
+            melody: reference waveform [C, S] at the model's sample rate (melody models only), shared by
+                every clip; its chroma conditions the generation and is looped over long clips.
+            continuation: waveform [C, S] at the model's sample rate to continue; it starts every clip.
+            sampling: top_k, top_p, temperature, cfg_coef.
+            seed: the same seed and inputs give the same codes on the same device; None draws one.
+            batch_size: number of clips when `prompts` is None (unconditional); defaults to 1.
+        """
+        if isinstance(prompts, str) or prompts is None:
+            prompts = [prompts] * (batch_size or 1)
+        B = len(prompts)
+        check_generation_args(
+            duration=duration,
+            sampling=sampling,
+            melody_given=melody is not None,
+            model_accepts_melody=self.accepts_melody,
+        )
+        rate = self.config.frame_rate
+        total = int(duration * rate)
+        if total < 1:
+            raise InvalidInputError(f"duration {duration} s is shorter than one frame (1/{rate} s).")
+        prompt_codes = None
+        if continuation is not None:
+            wav = self._as_channels(continuation, "continuation audio")
+            prompt_codes = self.codec.encode(wav[None].expand(B, -1, -1)).to(self.device)
+            if prompt_codes.shape[-1] >= total:
+                raise InvalidInputError(
+                    f"the audio to continue lasts {continuation.shape[-1] / self.config.sample_rate:.2f} s, "
+                    f"not shorter than the requested duration of {duration} s (duration counts the "
+                    "continued audio): ask for a longer duration or cut the audio."
+                )
+        if not 0 < extend_stride < MAX_WINDOW_SECONDS:
+            raise InvalidInputError(f"extend_stride must be between 0 and {MAX_WINDOW_SECONDS} s.")
+        if seed is None:
+            seed = secrets.randbelow(2**31)
+        generator = torch.Generator(self.device).manual_seed(seed)
+
+        window = int(MAX_WINDOW_SECONDS * rate)
+        plan = LongFormPlan(total=total, window=window, stride=int(extend_stride * rate))
+        conditions_at = self._conditioner(prompts, melody, sampling, single_window=total <= window)
+        tp = 0 if prompt_codes is None else prompt_codes.shape[-1]
+        steps = sum(steps_for(f, p, self.config.lm.delays) for _, f, p in plan.windows(tp))
+        with tqdm(total=steps, disable=not progress, unit="step", desc="generating") as bar:
+            codes = generate_long(
+                self.lm, conditions_at, B, plan, sampling, generator, prompt_codes, on_step=lambda: bar.update()
+            )
+        audio = self.codec.decode(codes)
+        return GenerationResult(audio=audio.cpu(), codes=codes.cpu(), sample_rate=self.config.sample_rate, seed=seed)
+
+    # ---- conditioning -------------------------------------------------------------------------
+    def _conditioner(self, prompts, melody, sampling: SamplingParams, single_window: bool):
+        """Returns offset_frames -> WindowConditions; text is encoded once, the melody per window."""
+        lm = self.lm
+        states, mask = self.text.encode(prompts)
+        text = lm.project_text(states, mask)  # [B, S, D], zero where masked
+        unconditional = melody is None and not bool(mask.any())
+        guided = sampling.cfg_coef != 1.0 and not unconditional
+        if guided:
+            text = torch.cat([text, torch.zeros_like(text)])
+            mask = torch.cat([mask, torch.zeros_like(mask)])
+        if not self.config.is_melody:
+            cond = WindowConditions(guided=guided, text=text, text_mask=mask)
+            return lambda offset: cond
+
+        from .chroma import extract_chroma, fit_chroma, null_chroma
+
+        B = len(prompts)
+        L = self.config.lm.chroma_length
+        none = lm.project_chroma(null_chroma(B, L).to(self.device))
+        wav = None if melody is None else self._as_channels(melody, "melody")
+
+        def at(offset_frames: int) -> WindowConditions:
+            if wav is None:
+                chroma = none
+            else:
+                piece = wav if single_window else self._melody_window(wav, offset_frames)
+                c = extract_chroma(piece[None], self.config.sample_rate, self.config.chroma)
+                chroma = lm.project_chroma(fit_chroma(c, L).to(self.device)).expand(B, -1, -1)
+            rows = torch.cat([chroma, none]) if guided else chroma
+            return WindowConditions(guided=guided, prefix=torch.cat([rows, text], dim=1))
+
+        return at
+
+    def _melody_window(self, wav: torch.Tensor, offset_frames: int) -> torch.Tensor:
+        """The 30 s of melody under a window starting at offset_frames, looping the melody (audiocraft)."""
+        sr = self.config.sample_rate
+        start = offset_frames * sr // self.config.frame_rate
+        idx = torch.arange(start, start + int(MAX_WINDOW_SECONDS * sr)) % wav.shape[-1]
+        return wav[:, idx]
+
+    def _as_channels(self, wav: torch.Tensor, what: str) -> torch.Tensor:
+        """[C, S] -> [model channels, S]: mono is duplicated for stereo models, stereo averaged for mono."""
+        if wav.dim() != 2 or wav.shape[-1] == 0:
+            raise InvalidInputError(f"the {what} must be a non-empty waveform [channels, samples].")
+        if wav.shape[0] == self.channels:
+            return wav.float()
+        if self.channels == 1:
+            return wav.float().mean(dim=0, keepdim=True)
+        return wav.float()[:1].expand(2, -1)
