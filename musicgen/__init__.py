@@ -1,9 +1,9 @@
 """MusicGen text-to-music: load a published or fine-tuned model and generate audio.
 
-    from musicgen import MusicGen, SamplingParams
-    model = MusicGen.load("small")
-    result = model.generate(["lo-fi beat with warm piano"], duration=8, seed=1)
-    # result.audio: [B, C, S] at result.sample_rate; result.codes: [B, K, T]
+from musicgen import MusicGen, SamplingParams
+model = MusicGen.load("small")
+result = model.generate(["lo-fi beat with warm piano"], duration=8, seed=1)
+# result.audio: [B, C, S] at result.sample_rate; result.codes: [B, K, T]
 """
 
 from .config import LMConfig, ModelConfig

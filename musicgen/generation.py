@@ -139,7 +139,9 @@ def generate_long(
     pieces = [] if prompt is None else [prompt]
     window_prompt = prompt
     for offset, frames, _ in plan.windows(0 if prompt is None else prompt.shape[-1]):
-        codes = generate_window(lm, conditions_at(offset), batch, frames, params, generator, window_prompt, on_step)
+        codes = generate_window(
+            lm, conditions_at(offset), batch, frames, params, generator, window_prompt, on_step
+        )
         pieces.append(codes if window_prompt is None else codes[:, :, window_prompt.shape[-1] :])
         window_prompt = codes[:, :, plan.stride :]
     return torch.cat(pieces, dim=-1)

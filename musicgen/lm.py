@@ -156,12 +156,16 @@ class LanguageModel(nn.Module):
             q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each [B, H, T, hd]
             cache.k[i, :, :, start:end] = k
             cache.v[i, :, :, start:end] = v
-            a = F.scaled_dot_product_attention(q, cache.k[i, :, :, :end], cache.v[i, :, :, :end], attn_mask=causal)
+            a = F.scaled_dot_product_attention(
+                q, cache.k[i, :, :, :end], cache.v[i, :, :, :end], attn_mask=causal
+            )
             x = x + F.linear(a.transpose(1, 2).reshape(B, T, D), layer.self_attn.out_proj.weight)
             if cfg.conditioning == "cross":
                 h = layer.norm_cross(x)
                 q = F.linear(h, layer.cross_attn.in_proj.weight[:D]).view(B, T, H, hd).transpose(1, 2)
-                a = F.scaled_dot_product_attention(q, cache.cross_k[i], cache.cross_v[i], attn_mask=cache.cross_bias)
+                a = F.scaled_dot_product_attention(
+                    q, cache.cross_k[i], cache.cross_v[i], attn_mask=cache.cross_bias
+                )
                 x = x + F.linear(a.transpose(1, 2).reshape(B, T, D), layer.cross_attn.out_proj.weight)
             h = layer.norm2(x)
             x = x + layer.ff2(F.gelu(layer.ff1(h)))

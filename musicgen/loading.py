@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -135,3 +137,45 @@ def _codec(ckpt: Checkpoint):
 
         model = EncodecModel.from_pretrained(resolve_pretrained(cfg.codec_name))
     return model.float().eval()
+
+
+@dataclass(frozen=True)
+class ModelTraits:
+    melody: bool
+    stereo: bool
+
+
+def peek_model(name_or_path: str) -> ModelTraits | None:
+    """What a model accepts, known without loading it (None when only loading can tell)."""
+    from .variants import find_variant
+
+    variant = find_variant(str(name_or_path))
+    if variant is not None:
+        return ModelTraits(variant.melody, variant.stereo)
+    config_file = Path(name_or_path) / "config.json"
+    try:
+        raw = json.loads(config_file.read_text())
+        return ModelTraits(
+            raw["model_type"] == "musicgen_melody", raw["decoder"].get("audio_channels", 1) == 2
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def bundle_submodels(ckpt: Checkpoint) -> Checkpoint:
+    """`ckpt` with its text encoder, tokenizer and codec weights included (fetching named ones)."""
+    text_model, tokenizer = _text_encoder(ckpt)
+    codec = _codec(ckpt)
+    config = replace(ckpt.config, text_encoder=text_model.config.to_dict(), codec=codec.config.to_dict())
+    tokenizer_dir = ckpt.tokenizer_dir
+    if tokenizer_dir is None:
+        from .weights import resolve_pretrained
+
+        tokenizer_dir = resolve_pretrained(ckpt.config.text_encoder_name)
+    return replace(
+        ckpt,
+        config=config,
+        text_encoder_state=text_model.state_dict(),
+        codec_state=codec.state_dict(),
+        tokenizer_dir=tokenizer_dir,
+    )

@@ -46,7 +46,9 @@ def check_generation_args(
     if not 0.0 <= sampling.top_p <= 1.0:
         raise InvalidInputError(f"top_p must be between 0 and 1 (0 switches it off), got {sampling.top_p}.")
     if sampling.top_k < 0:
-        raise InvalidInputError(f"top_k must be 0 (off) or a positive number of tokens, got {sampling.top_k}.")
+        raise InvalidInputError(
+            f"top_k must be 0 (off) or a positive number of tokens, got {sampling.top_k}."
+        )
     if not math.isfinite(sampling.temperature) or sampling.temperature < 0:
         raise InvalidInputError(f"temperature must be >= 0 (0 = greedy), got {sampling.temperature}.")
     if not math.isfinite(sampling.cfg_coef) or sampling.cfg_coef < 0:
@@ -70,7 +72,7 @@ class MusicGen:
     @classmethod
     def load(cls, name_or_path: str | Path, device: str | None = None, download: bool = True) -> MusicGen:
         """Loads a variant name (`small`, `stereo-melody-large`...), a Hub id, or a checkpoint folder."""
-        from .loading import load_checkpoint, build_model
+        from .loading import build_model, load_checkpoint
 
         ckpt: Checkpoint = load_checkpoint(str(name_or_path), download=download)
         return build_model(ckpt, device)
@@ -150,10 +152,19 @@ class MusicGen:
         steps = sum(steps_for(f, p, self.config.lm.delays) for _, f, p in plan.windows(tp))
         with tqdm(total=steps, disable=not progress, unit="step", desc="generating") as bar:
             codes = generate_long(
-                self.lm, conditions_at, B, plan, sampling, generator, prompt_codes, on_step=lambda: bar.update()
+                self.lm,
+                conditions_at,
+                B,
+                plan,
+                sampling,
+                generator,
+                prompt_codes,
+                on_step=lambda: bar.update(),
             )
         audio = self.codec.decode(codes)
-        return GenerationResult(audio=audio.cpu(), codes=codes.cpu(), sample_rate=self.config.sample_rate, seed=seed)
+        return GenerationResult(
+            audio=audio.cpu(), codes=codes.cpu(), sample_rate=self.config.sample_rate, seed=seed
+        )
 
     # ---- conditioning -------------------------------------------------------------------------
     def _conditioner(self, prompts, melody, sampling: SamplingParams, single_window: bool):

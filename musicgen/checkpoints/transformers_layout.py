@@ -69,7 +69,9 @@ def _model_config(raw: dict, config_file: Path) -> ModelConfig:
         text = raw["text_encoder"]
         audio = raw["audio_encoder"]
         if dec.get("activation_function", "gelu") != "gelu":
-            raise CheckpointError(f"{config_file}: activation {dec['activation_function']!r} is not supported")
+            raise CheckpointError(
+                f"{config_file}: activation {dec['activation_function']!r} is not supported"
+            )
         melody = raw["model_type"] == "musicgen_melody"
         lm = LMConfig(
             dim=dec["hidden_size"],
@@ -131,7 +133,9 @@ def _load_weights(folder: Path) -> dict[str, torch.Tensor]:
         return state
     bins = sorted(folder.glob("pytorch_model*.bin"))
     if not bins:
-        raise CheckpointError(f"{folder}: config.json is here but no *.safetensors or pytorch_model.bin weights.")
+        raise CheckpointError(
+            f"{folder}: config.json is here but no *.safetensors or pytorch_model.bin weights."
+        )
     state = {}
     for f in bins:
         try:
@@ -150,7 +154,9 @@ def _lm_state_from_hf(state: dict, cfg: LMConfig, folder: Path) -> dict[str, tor
         try:
             return state.pop(name)
         except KeyError:
-            raise CheckpointError(f"{folder}: the weights lack {name!r}; expected a complete MusicGen model.")
+            raise CheckpointError(
+                f"{folder}: the weights lack {name!r}; expected a complete MusicGen model."
+            ) from None
 
     K = cfg.num_codebooks
     out = {
@@ -164,7 +170,9 @@ def _lm_state_from_hf(state: dict, cfg: LMConfig, folder: Path) -> dict[str, tor
         for hf, ours in _FUSED.items():
             if hf == "encoder_attn" and cfg.conditioning != "cross":
                 continue
-            out[f"{dst}{ours}.in_proj.weight"] = torch.cat([take(f"{src}{hf}.{p}_proj.weight") for p in "qkv"])
+            out[f"{dst}{ours}.in_proj.weight"] = torch.cat(
+                [take(f"{src}{hf}.{p}_proj.weight") for p in "qkv"]
+            )
         for hf, ours in _LAYER_RENAMES.items():
             if "encoder_attn" in hf and cfg.conditioning != "cross":
                 continue
@@ -200,7 +208,9 @@ def lm_state_to_hf(lm_state: dict[str, torch.Tensor], cfg: LMConfig) -> dict[str
             if hf == "encoder_attn" and cfg.conditioning != "cross":
                 continue
             for j, p in enumerate("qkv"):
-                out[f"{dst}{hf}.{p}_proj.weight"] = lm_state[f"{src}{ours}.in_proj.weight"][j * D : (j + 1) * D]
+                out[f"{dst}{hf}.{p}_proj.weight"] = lm_state[f"{src}{ours}.in_proj.weight"][
+                    j * D : (j + 1) * D
+                ]
         for hf, ours in _LAYER_RENAMES.items():
             if "encoder_attn" in hf and cfg.conditioning != "cross":
                 continue

@@ -1,0 +1,140 @@
+"""`python -m musicgen generate | convert`: thin commands over the engine.
+
+Every input is checked (files read, ranges, combinations) before any model is loaded, so a mistake costs
+a second, not a model load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import InvalidInputError, MusicGenError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m musicgen", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_generate(sub)
+    _add_convert(sub)
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except MusicGenError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+# ---- generate -------------------------------------------------------------------------------------
+def _add_generate(sub) -> None:
+    p = sub.add_parser("generate", help="generate audio from text, a melody, or audio to continue")
+    p.add_argument("--model", default="small", help="variant name (small, stereo-melody-large...) or folder")
+    p.add_argument("--prompt", action="append", help="text prompt; repeat for a batch (one file per prompt)")
+    p.add_argument("--duration", type=float, default=8.0, help="seconds per clip, continued audio included")
+    p.add_argument("--melody", type=Path, help="audio whose melody guides the music (melody variants)")
+    p.add_argument("--continue", dest="continuation", type=Path, help="audio to continue")
+    p.add_argument("--top-k", type=int, default=250)
+    p.add_argument("--top-p", type=float, default=0.0, help="0 switches it off")
+    p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
+    p.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance scale")
+    p.add_argument("--seed", type=int, help="same seed, same inputs -> same codes; omitted: one is drawn")
+    p.add_argument("--device", help="cpu, cuda, cuda:1... (default: cuda when available)")
+    p.add_argument("--out", type=Path, default=Path("out.wav"), help=".wav, .mp3 or .flac")
+    p.add_argument("--codes-out", type=Path, help="save the codes as int64 .npy [batch, codebooks, frames]")
+    p.add_argument(
+        "--normalize", default="loudness", choices=["loudness", "peak", "rms", "clip"], help="output loudness"
+    )
+    p.add_argument("--no-download", action="store_true", help="fail instead of downloading missing weights")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=_generate)
+
+
+def _generate(args) -> int:
+    import numpy as np
+
+    from .audio import SUPPORTED_WRITE_SUFFIXES, normalize, read_audio, write_audio
+    from .loading import peek_model
+    from .model import MusicGen, check_generation_args
+    from .sampling import SamplingParams
+
+    sampling = SamplingParams(
+        top_k=args.top_k, top_p=args.top_p, temperature=args.temperature, cfg_coef=args.cfg
+    )
+    traits = peek_model(args.model)
+    check_generation_args(
+        duration=args.duration,
+        sampling=sampling,
+        melody_given=args.melody is not None,
+        model_accepts_melody=None if traits is None else traits.melody,
+    )
+    if args.out.suffix.lower() not in SUPPORTED_WRITE_SUFFIXES:
+        raise InvalidInputError(
+            f"--out {args.out}: unsupported format; use one of {', '.join(SUPPORTED_WRITE_SUFFIXES)}."
+        )
+    if args.codes_out is not None and args.codes_out.suffix != ".npy":
+        raise InvalidInputError(f"--codes-out {args.codes_out}: the codes are saved as .npy; name it so.")
+    channels = 2 if traits is None or traits.stereo else 1
+    sr = 32000
+    melody = None if args.melody is None else read_audio(args.melody, sr, channels)
+    continuation = None if args.continuation is None else read_audio(args.continuation, sr, channels)
+    if continuation is not None and continuation.shape[-1] >= args.duration * sr:
+        raise InvalidInputError(
+            f"--continue {args.continuation} lasts {continuation.shape[-1] / sr:.2f} s, not shorter than "
+            f"--duration {args.duration} s (the duration counts the continued audio)."
+        )
+
+    model = MusicGen.load(args.model, device=args.device, download=not args.no_download)
+    result = model.generate(
+        args.prompt,
+        duration=args.duration,
+        melody=melody,
+        continuation=continuation,
+        sampling=sampling,
+        seed=args.seed,
+        progress=not args.quiet,
+    )
+    print(f"seed: {result.seed}", file=sys.stderr)
+    outputs = _numbered(args.out, len(result.audio))
+    for wav, path in zip(result.audio, outputs, strict=True):
+        write_audio(path, normalize(wav, args.normalize, result.sample_rate), result.sample_rate)
+        print(path)
+    if args.codes_out is not None:
+        np.save(args.codes_out, result.codes.numpy().astype(np.int64))
+        print(args.codes_out)
+    return 0
+
+
+def _numbered(path: Path, count: int) -> list[Path]:
+    """out.wav for one clip; out-1.wav, out-2.wav... for several."""
+    if count == 1:
+        return [path]
+    return [path.with_name(f"{path.stem}-{i}{path.suffix}") for i in range(1, count + 1)]
+
+
+# ---- convert --------------------------------------------------------------------------------------
+def _add_convert(sub) -> None:
+    p = sub.add_parser("convert", help="convert a checkpoint between transformers' and audiocraft's layouts")
+    p.add_argument("source", help="variant name, Hub id or checkpoint folder")
+    p.add_argument("dest", type=Path, help="folder to write")
+    p.add_argument("--to", required=True, choices=["transformers", "audiocraft"])
+    p.set_defaults(run=_convert)
+
+
+def _convert(args) -> int:
+    from .loading import bundle_submodels, load_checkpoint
+
+    ckpt = load_checkpoint(args.source)
+    if args.dest.exists() and any(args.dest.iterdir()):
+        raise InvalidInputError(f"{args.dest} exists and is not empty; choose a new folder.")
+    if args.to == "transformers":
+        from .checkpoints.transformers_layout import write_transformers
+
+        write_transformers(bundle_submodels(ckpt), args.dest)
+    else:
+        from .checkpoints.audiocraft_layout import write_audiocraft
+
+        write_audiocraft(ckpt, args.dest)
+    print(json.dumps({"wrote": str(args.dest), "layout": args.to}))
+    return 0
