@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from .audio import convert_channels
 from .checkpoints import Checkpoint
 from .codec import Codec
 from .conditioning import TextEncoder
@@ -208,11 +209,7 @@ class MusicGen:
         return wav[:, idx]
 
     def _as_channels(self, wav: torch.Tensor, what: str) -> torch.Tensor:
-        """[C, S] -> [model channels, S]: mono is duplicated for stereo models, stereo averaged for mono."""
+        """[C, S] -> [model channels, S] float32."""
         if wav.dim() != 2 or wav.shape[-1] == 0:
             raise InvalidInputError(f"the {what} must be a non-empty waveform [channels, samples].")
-        if wav.shape[0] == self.channels:
-            return wav.float()
-        if self.channels == 1:
-            return wav.float().mean(dim=0, keepdim=True)
-        return wav.float()[:1].expand(2, -1)
+        return convert_channels(wav.float(), self.channels, name=f"the {what}")

@@ -1,0 +1,118 @@
+"""`python -m musicgen generate`: same codes as transformers, files written, mistakes caught before loading."""
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from musicgen.cli import main
+from tests.helpers import reference_generate, write_tone
+
+
+def test_generate_writes_one_file_per_prompt_and_transformers_codes(tiny, tmp_path, capsys):
+    folder, model, tokenizer = tiny.get("stereo")
+    prompts = ["80s synth pop with punchy bass", "ambient pads"]
+    ref_codes, _ = reference_generate(model, tokenizer, prompts, frames=25)
+    args = ["generate", "--model", str(folder), "--duration", "0.5", "--top-k", "1", "--cfg", "3", "--quiet"]
+    for p in prompts:
+        args += ["--prompt", p]
+    out, codes_out = tmp_path / "clip.flac", tmp_path / "codes.npy"
+    assert main([*args, "--out", str(out), "--codes-out", str(codes_out), "--seed", "0"]) == 0
+    codes = np.load(codes_out)
+    assert codes.dtype == np.int64 and codes.shape == (2, 8, 25)
+    assert np.array_equal(codes, ref_codes.numpy())
+    for i in (1, 2):
+        data, rate = sf.read(tmp_path / f"clip-{i}.flac")
+        assert rate == 32000 and data.shape == (int(0.5 * 32000), 2)
+    assert "seed: 0" in capsys.readouterr().err
+
+
+def test_melody_and_continuation_files(tiny, tmp_path):
+    folder, *_ = tiny.get("melody")
+    melody = write_tone(tmp_path / "melody.ogg", seconds=2, rate=44100, channels=2)
+    start = write_tone(tmp_path / "start.mp3", seconds=0.4, rate=22050)
+    out = tmp_path / "out.wav"
+    args = [
+        "generate",
+        "--model",
+        str(folder),
+        "--prompt",
+        "folk",
+        "--duration",
+        "1",
+        "--quiet",
+        "--seed",
+        "3",
+    ]
+    assert main([*args, "--melody", str(melody), "--continue", str(start), "--out", str(out)]) == 0
+    data, rate = sf.read(out)
+    assert rate == 32000 and len(data) == 32000
+
+
+@pytest.fixture
+def no_weights(tmp_path, monkeypatch):
+    """An empty weights folder and no download: any attempt to load a model would fail differently."""
+    monkeypatch.setenv("MUSICGEN_WEIGHTS_DIR", str(tmp_path / "weights"))
+    return ["generate", "--model", "small", "--no-download", "--quiet"]
+
+
+def _error(capsys) -> str:
+    return capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--duration", "0"], "duration must be a positive"),
+        (["--duration", "-2"], "duration must be a positive"),
+        (["--top-p", "1.5"], "top_p must be between 0 and 1"),
+        (["--temperature", "-1"], "temperature"),
+        (["--out", "x.aac"], "unsupported format"),
+        (["--codes-out", "codes.txt"], ".npy"),
+    ],
+)
+def test_bad_parameters_fail_before_loading(no_weights, capsys, extra, message):
+    assert main([*no_weights, *extra]) == 2
+    assert message in _error(capsys)
+
+
+def test_melody_on_a_text_model(no_weights, tmp_path, capsys):
+    melody = write_tone(tmp_path / "m.wav")
+    assert main([*no_weights, "--melody", str(melody)]) == 2
+    assert "takes no melody" in _error(capsys)
+
+
+def test_audio_file_problems_name_the_file(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("MUSICGEN_WEIGHTS_DIR", str(tmp_path / "weights"))
+    base = ["generate", "--model", "melody", "--no-download", "--quiet", "--melody"]
+    missing = tmp_path / "missing.wav"
+    garbage = tmp_path / "garbage.wav"
+    garbage.write_bytes(b"this is not audio at all" * 10)
+    empty = tmp_path / "empty.wav"
+    sf.write(empty, np.zeros((0, 1), dtype=np.float32), 32000)
+    zero_bytes = tmp_path / "zero.flac"
+    zero_bytes.write_bytes(b"")
+    for path in (missing, garbage, empty, zero_bytes):
+        assert main([*base, str(path)]) == 2
+        assert str(path) in _error(capsys)
+
+
+def test_continuation_longer_than_duration(no_weights, tmp_path, capsys):
+    start = write_tone(tmp_path / "start.wav", seconds=3)
+    assert main([*no_weights, "--continue", str(start), "--duration", "2"]) == 2
+    assert "not shorter than" in _error(capsys)
+
+
+def test_missing_weights_say_how_to_fetch_them(no_weights, capsys):
+    assert main(no_weights) == 2
+    err = _error(capsys)
+    assert "small" in err and "download_weights.py" in err
+
+
+def test_generated_audio_is_not_silent(tiny, tmp_path):
+    folder, *_ = tiny.get("mono")
+    out = tmp_path / "o.wav"
+    assert main(["generate", "--model", str(folder), "--duration", "0.5", "--quiet", "--out", str(out)]) == 0
+    data, _ = sf.read(out)
+    assert np.abs(data).max() > 0.01
+    assert torch.isfinite(torch.from_numpy(data)).all()
