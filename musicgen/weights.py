@@ -1,0 +1,264 @@
+"""Where model weights live on disk, and fetching them from the Hugging Face Hub when they are not there.
+
+Layout under `weights_dir()`:
+
+- `<variant name>/` — a published MusicGen model, transformers layout (`small/`, `stereo-melody-large/`, ...);
+- `hub/<owner>--<name>/` — any other Hub repo: a MusicGen fine-tune, or a sub-model (text encoder, codec)
+  that an audiocraft-layout checkpoint names instead of bundling.
+
+A folder is complete or absent: downloads land in a hidden sibling folder that is renamed into place only once
+every file has arrived, so an interrupted download never looks like a checkpoint.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import secrets
+import shutil
+from collections.abc import Iterable
+from fnmatch import fnmatch
+from pathlib import Path
+
+from huggingface_hub import HfApi, snapshot_download
+from huggingface_hub.utils import tqdm as hub_tqdm
+
+from .checkpoints import detect_layout
+from .errors import CheckpointError, WeightsNotFoundError
+from .variants import VARIANTS, find_variant
+
+FETCH_SCRIPT = "python scripts/download_weights.py"
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "spiece.model", "special_tokens_map.json")
+
+# What the transformers layout of a MusicGen repo needs. The same repos also hold audiocraft's
+# state_dict.bin / compression_state_dict.bin and a pytorch_model.bin: as large again, and pickles.
+MUSICGEN_FILES = (
+    "config.json",
+    "generation_config.json",
+    "preprocessor_config.json",
+    "*.safetensors",
+    "*.safetensors.index.json",
+    *_TOKENIZER_FILES,
+)
+
+# Sub-models (T5, EnCodec). Pickled weights are listed because some repos have nothing else;
+# `download` drops them whenever the repo also has safetensors.
+PRETRAINED_FILES = (
+    "config.json",
+    "preprocessor_config.json",
+    "*.safetensors",
+    "*.safetensors.index.json",
+    "pytorch_model*.bin",
+    "pytorch_model.bin.index.json",
+    *_TOKENIZER_FILES,
+)
+
+# owner/name as the Hub spells repo ids; sub-model names may also be legacy ids without an owner ("t5-base")
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}")
+_LEGACY_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}")
+
+_EXPECTED_CHECKPOINT = (
+    "config.json with *.safetensors weights (transformers layout), "
+    "or state_dict.bin with compression_state_dict.bin (audiocraft layout)"
+)
+
+
+def weights_dir() -> Path:
+    """The folder of downloaded weights: `$MUSICGEN_WEIGHTS_DIR`, else `weights/` beside `musicgen/`."""
+    configured = os.environ.get("MUSICGEN_WEIGHTS_DIR")
+    if configured:
+        return Path(configured).expanduser()
+    return Path(__file__).resolve().parent.parent / "weights"
+
+
+def resolve_model(name_or_path: str, download: bool = True) -> Path:
+    """The folder holding the MusicGen checkpoint called `name_or_path`, downloading it when needed.
+
+    `name_or_path` is one of:
+    - an existing folder holding a checkpoint (transformers or audiocraft layout), returned as is;
+    - a variant name (`small`, `stereo-melody-large`, ...) or its Hub id (`facebook/musicgen-small`):
+      `weights_dir()/<variant name>`;
+    - another Hub id `owner/name` (a transformers-layout fine-tune): `weights_dir()/hub/<owner>--<name>`.
+
+    When the folder for a name holds no checkpoint, the transformers layout is downloaded from the Hub into it
+    (only if `download` is true). Raises `WeightsNotFoundError` when that is not allowed or fails, and
+    `CheckpointError` for a folder without a checkpoint or a name that is neither.
+    """
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        _require_checkpoint(path)
+        return path
+
+    variant = find_variant(name_or_path)
+    if variant is not None:
+        return _local_or_download(
+            variant.hub_id, weights_dir() / variant.name, MUSICGEN_FILES, download, label=variant.name
+        )
+
+    if _HUB_ID.fullmatch(name_or_path) and not path.exists():
+        owner, name = name_or_path.split("/")
+        dest = weights_dir() / "hub" / f"{owner}--{name}"
+        return _local_or_download(name_or_path, dest, MUSICGEN_FILES, download, label=name_or_path)
+
+    if path.exists() or _looks_like_path(name_or_path):
+        raise CheckpointError(
+            f"Model {name_or_path!r}: {path} is not a folder. Pass a folder holding {_EXPECTED_CHECKPOINT}, "
+            f"or a variant name ({', '.join(VARIANTS)})."
+        )
+    raise CheckpointError(
+        f"Unknown model {name_or_path!r}. Valid variant names: {', '.join(VARIANTS)}. "
+        "Also accepted: a Hub id such as facebook/musicgen-small, or a folder holding a checkpoint."
+    )
+
+
+def resolve_pretrained(name: str) -> Path:
+    """The folder holding the sub-model `name` (a Hub id or a folder), downloading it when needed.
+
+    Used for the parts an audiocraft-layout checkpoint refers to by name: the T5 text encoder (`t5-base`,
+    `google-t5/t5-base`) and the codec (`facebook/encodec_32khz`). An existing folder is returned as is;
+    otherwise `weights_dir()/hub/<name with / replaced by -->`, downloaded there if it is not present.
+    Raises `WeightsNotFoundError` when the download fails, `CheckpointError` for a name that is neither.
+    """
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists() or not (_HUB_ID.fullmatch(name) or _LEGACY_HUB_ID.fullmatch(name)):
+        raise CheckpointError(
+            f"Sub-model {name!r} is neither a folder nor a Hub id (like t5-base or facebook/encodec_32khz)."
+        )
+    dest = weights_dir() / "hub" / name.replace("/", "--")
+    return _local_or_download(name, dest, PRETRAINED_FILES, True, label=name, option="--pretrained ")
+
+
+def download(hub_id: str, dest: Path, allow_patterns: Iterable[str]) -> Path:
+    """Download the top-level files of Hub repo `hub_id` matching `allow_patterns` into `dest`; return `dest`.
+
+    Pickled weights (`*.bin`) are skipped when the repo also has safetensors. Files land in a temporary
+    sibling of `dest` that becomes `dest` only once complete; on any failure or interruption it is removed, so
+    no partial folder remains. The Hub is `$HF_ENDPOINT` (read at call time). Raises `WeightsNotFoundError`
+    naming the repo and the reason when the repo cannot be listed or a file cannot be fetched.
+    """
+    # huggingface_hub reads HF_ENDPOINT once, when it is first imported; reading it here honours a value set
+    # later (by a test, or by a server that configures itself after its imports).
+    endpoint = os.environ.get("HF_ENDPOINT") or None
+    shown_endpoint = endpoint or "https://huggingface.co"
+    dest = Path(dest)
+    try:
+        info = HfApi(endpoint=endpoint).model_info(hub_id)
+    # The Hub client fails in many ways (httpx errors, its own HTTP and offline errors, OSError); each one
+    # means "not available from here", and the cause stays chained for debugging.
+    except Exception as err:
+        raise WeightsNotFoundError(
+            f"Could not reach {hub_id} on the Hub at {shown_endpoint}: {_short(err)}."
+        ) from err
+    files = _select_files([s.rfilename for s in info.siblings or []], allow_patterns)
+    if "config.json" not in files:
+        raise WeightsNotFoundError(
+            f"The Hub repo {hub_id} has no config.json, so it holds no checkpoint in the transformers layout."
+        )
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    # a hidden name that `resolve_*` never looks at; mkdir (unlike mkdtemp's 0700) keeps the umask's
+    # permissions, so a server running as another user can read the weights
+    tmp = dest.parent / f".{dest.name}.partial-{os.getpid()}-{secrets.token_hex(4)}"
+    tmp.mkdir()
+    try:
+        try:
+            snapshot_download(
+                hub_id,
+                # pinned to the commit just listed, so the files cannot come from two different commits
+                revision=info.sha,
+                local_dir=tmp,
+                allow_patterns=[glob.escape(f) for f in files],
+                endpoint=endpoint,
+                # a tqdm subclass that also honours HF_HUB_DISABLE_PROGRESS_BARS and stays quiet without a TTY
+                tqdm_class=hub_tqdm,
+            )
+        except Exception as err:
+            raise WeightsNotFoundError(
+                f"Downloading {hub_id} from {shown_endpoint} failed: {_short(err)}."
+            ) from err
+        # snapshot_download keeps its bookkeeping (etags, locks) in local_dir/.cache; the folder is final
+        # once renamed, so it would only be clutter.
+        shutil.rmtree(tmp / ".cache", ignore_errors=True)
+        missing = [f for f in files if not (tmp / f).is_file()]
+        if missing:
+            raise WeightsNotFoundError(f"Downloading {hub_id} did not produce {', '.join(missing)}.")
+        _move_into_place(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest
+
+
+def _local_or_download(
+    hub_id: str, dest: Path, patterns: Iterable[str], allowed: bool, label: str, option: str = ""
+) -> Path:
+    # every Hub model repo has a config.json, and `download` puts it in place last
+    if dest.is_dir() and detect_layout(dest) is not None:
+        return dest
+    command = f"{FETCH_SCRIPT} {option}{label}"
+    what = f"{label!r}" if label == hub_id else f"{label!r} ({hub_id})"
+    if not allowed:
+        raise WeightsNotFoundError(
+            f"The weights of {what} are not in {dest} and downloading is turned off. "
+            f"Fetch them with `{command}`."
+        )
+    try:
+        return download(hub_id, dest, patterns)
+    except WeightsNotFoundError as err:
+        raise WeightsNotFoundError(
+            f"The weights of {what} are not in {dest} and could not be downloaded. {err} "
+            f"Fetch them where the Hub is reachable with `{command}`, then make {dest} available here "
+            f"(MUSICGEN_WEIGHTS_DIR sets the weights folder, now {weights_dir()})."
+        ) from err
+
+
+def _require_checkpoint(folder: Path) -> None:
+    if detect_layout(folder) is None:
+        raise CheckpointError(f"{folder} holds no MusicGen checkpoint: expected {_EXPECTED_CHECKPOINT}.")
+
+
+def _looks_like_path(text: str) -> bool:
+    # reached only after the owner/name form was ruled out, so any separator means a path
+    return text.startswith((".", "~")) or "/" in text or os.sep in text
+
+
+def _select_files(repo_files: Iterable[str], patterns: Iterable[str]) -> list[str]:
+    patterns = list(patterns)
+    # only the repo's top level: fnmatch's `*` also matches "/", which would pull in e.g. onnx/ exports
+    chosen = [f for f in repo_files if "/" not in f and any(fnmatch(f, p) for p in patterns)]
+    if any(f.endswith(".safetensors") for f in chosen):
+        chosen = [f for f in chosen if not f.endswith((".bin", ".bin.index.json"))]
+    return sorted(chosen)
+
+
+def _move_into_place(tmp: Path, dest: Path) -> None:
+    if dest.is_dir() and detect_layout(dest) is not None:
+        # another process finished the same download first; its copy is as good as ours
+        shutil.rmtree(tmp)
+        return
+    if dest.is_dir() and not any(dest.iterdir()):
+        dest.rmdir()
+    if not dest.exists():
+        try:
+            tmp.rename(dest)
+        except OSError:
+            # lost a race with another process downloading the same model: fine if it got there first
+            if detect_layout(dest) is None:
+                raise
+            shutil.rmtree(tmp)
+        return
+    # `dest` holds other files but no checkpoint: add ours, config.json last, because its presence is what
+    # makes `detect_layout` see a checkpoint.
+    for item in sorted(tmp.iterdir(), key=lambda p: p.name == "config.json"):
+        os.replace(item, dest / item.name)
+    tmp.rmdir()
+
+
+def _short(err: BaseException) -> str:
+    # Hub errors carry multi-line explanations; the first line says what happened
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}".rstrip(": ")

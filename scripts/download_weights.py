@@ -1,0 +1,65 @@
+"""Fetch MusicGen weights from the Hugging Face Hub into the weights folder, ahead of serving.
+
+    python scripts/download_weights.py small stereo-melody-large
+    python scripts/download_weights.py all
+    python scripts/download_weights.py --pretrained t5-base --pretrained facebook/encodec_32khz
+
+Weights go to $MUSICGEN_WEIGHTS_DIR, else weights/ beside musicgen/. A model already there is not fetched
+again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+# Run as a file (`python scripts/...`), Python puts scripts/ on the path, not the repository root
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from musicgen.errors import MusicGenError  # noqa: E402
+from musicgen.variants import VARIANTS  # noqa: E402
+from musicgen.weights import resolve_model, resolve_pretrained, weights_dir  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Download each named model; print where it landed. Returns the process exit status."""
+    parser = argparse.ArgumentParser(
+        description="Download MusicGen weights (transformers layout) from the Hugging Face Hub.",
+        epilog=f"Variants: {', '.join(VARIANTS)}. Weights folder: {weights_dir()} (MUSICGEN_WEIGHTS_DIR).",
+    )
+    parser.add_argument(
+        "models", nargs="*", metavar="VARIANT", help="a variant name, `all`, or a Hub id such as owner/name"
+    )
+    parser.add_argument(
+        "--pretrained",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a sub-model that audiocraft-layout checkpoints need (t5-base, facebook/encodec_32khz)",
+    )
+    args = parser.parse_args(argv)
+    if not args.models and not args.pretrained:
+        parser.error("name at least one VARIANT (or `all`), or --pretrained NAME")
+
+    models = [m for name in args.models for m in (VARIANTS if name == "all" else [name])]
+    jobs = [(name, resolve_model) for name in dict.fromkeys(models)]
+    jobs += [(name, resolve_pretrained) for name in dict.fromkeys(args.pretrained)]
+
+    failed = 0
+    for name, resolve in jobs:
+        try:
+            path = resolve(name)
+        except MusicGenError as err:
+            print(f"error: {err}", file=sys.stderr)
+            failed += 1
+            continue
+        except KeyboardInterrupt:
+            print(f"interrupted while fetching {name}; no partial download was kept", file=sys.stderr)
+            return 130
+        print(f"{name}: {path}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

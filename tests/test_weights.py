@@ -1,0 +1,405 @@
+"""Weight resolution and downloading, against a stand-in of the Hugging Face Hub served on 127.0.0.1.
+
+The stand-in answers the three kinds of request `huggingface_hub.snapshot_download` (2.x) makes:
+repo info `/api/models/{repo}/revision/{rev}`, the file listing `/api/models/{repo}/tree/{rev}`, and
+HEAD/GET `/{repo}/resolve/{rev}/{file}` (which must carry X-Repo-Commit, ETag and Content-Length).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import huggingface_hub.constants as hf_constants
+import pytest
+
+from musicgen import weights
+from musicgen.errors import CheckpointError, WeightsNotFoundError
+from musicgen.variants import VARIANTS
+from musicgen.weights import resolve_model, resolve_pretrained, weights_dir
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+TRANSFORMERS_FILES = {
+    "config.json": b'{"model_type": "musicgen"}',
+    "generation_config.json": b"{}",
+    "preprocessor_config.json": b"{}",
+    "model.safetensors": bytes(range(256)) * 64,
+    "tokenizer.json": b"{}",
+    "tokenizer_config.json": b"{}",
+    "spiece.model": b"sentencepiece",
+    "special_tokens_map.json": b"{}",
+}
+# what the real facebook/musicgen-* repos hold besides the transformers layout
+OTHER_FILES = {
+    "README.md": b"# card",
+    ".gitattributes": b"*.bin filter=lfs",
+    "state_dict.bin": b"audiocraft lm",
+    "compression_state_dict.bin": b"audiocraft codec",
+    "pytorch_model.bin": b"pickle",
+    "onnx/model.safetensors": b"nested export",
+}
+
+REPOS = {
+    "facebook/musicgen-small": {**TRANSFORMERS_FILES, **OTHER_FILES},
+    "google-t5/t5-base": {
+        "config.json": b"{}",
+        "model.safetensors": b"t5 tensors",
+        "pytorch_model.bin": b"t5 pickle",
+        "tf_model.h5": b"tf",
+        "spiece.model": b"sp",
+        "tokenizer.json": b"{}",
+    },
+    "facebook/encodec_32khz": {
+        "config.json": b"{}",
+        "pytorch_model.bin": b"codec pickle",
+        "preprocessor_config.json": b"{}",
+    },
+    "someone/no-config": {"README.md": b"nothing to see", "state_dict.bin": b"lm"},
+}
+
+
+class StandInHub:
+    """Repo contents, the requests seen, and which file downloads should fail."""
+
+    def __init__(self):
+        self.requests: list[tuple[str, str]] = []
+        self.fail_get: set[str] = set()  # file names whose GET answers 500
+        self.cut_get: set[str] = set()  # file names whose GET stops halfway and closes the connection
+        self.lock = threading.Lock()
+
+    def downloads(self) -> list[str]:
+        """Paths of the file bodies served (GET on /resolve/)."""
+        return [path for method, path in self.requests if method == "GET" and "/resolve/" in path]
+
+
+def _handler(hub: StandInHub):
+    class Handler(BaseHTTPRequestHandler):
+        timeout = 10  # a stuck client cannot hold a server thread forever
+
+        def log_message(self, *args):
+            pass
+
+        def do_HEAD(self):
+            self._answer(head=True)
+
+        def do_GET(self):
+            self._answer(head=False)
+
+        def _answer(self, head: bool):
+            path = urlsplit(self.path).path
+            with hub.lock:
+                hub.requests.append((self.command, path))
+            parts = path.strip("/").split("/")
+            # repo info is /api/models/{repo} or /api/models/{repo}/revision/{rev}; listing is .../tree/{rev}
+            if parts[:2] == ["api", "models"] and (len(parts) == 4 or parts[4:5] in (["revision"], ["tree"])):
+                repo = "/".join(parts[2:4])
+                if repo not in REPOS:
+                    return self._send(
+                        404, b'{"error": "Repository not found"}', {"X-Error-Code": "RepoNotFound"}
+                    )
+                files = REPOS[repo]
+                if parts[4:5] != ["tree"]:
+                    body = {"id": repo, "sha": COMMIT, "siblings": [{"rfilename": f} for f in files]}
+                else:
+                    body = [
+                        {"type": "file", "path": f, "size": len(data), "oid": hashlib.sha1(data).hexdigest()}
+                        for f, data in files.items()
+                    ]
+                return self._send(200, json.dumps(body).encode(), {"Content-Type": "application/json"})
+            if len(parts) >= 5 and parts[2] == "resolve":
+                repo, filename = "/".join(parts[:2]), "/".join(parts[4:])
+                data = REPOS.get(repo, {}).get(filename)
+                if data is None:
+                    return self._send(404, b"", {"X-Error-Code": "EntryNotFound"})
+                if not head and filename in hub.fail_get:
+                    return self._send(500, b"internal error", {})
+                headers = {"X-Repo-Commit": COMMIT, "ETag": f'"{hashlib.sha1(data).hexdigest()}"'}
+                if not head and filename in hub.cut_get:
+                    self.send_response(200)
+                    for key, value in {**headers, "Content-Length": str(len(data))}.items():
+                        self.send_header(key, value)
+                    self.end_headers()
+                    self.wfile.write(data[: len(data) // 2])
+                    self.close_connection = True
+                    return None
+                return self._send(200, data, headers, head=head)
+            return self._send(404, b"", {})
+
+        def _send(self, status: int, body: bytes, headers: dict[str, str], head: bool = False):
+            self.send_response(status)
+            for key, value in {**headers, "Content-Length": str(len(body))}.items():
+                self.send_header(key, value)
+            self.end_headers()
+            if not head:
+                self.wfile.write(body)
+
+    return Handler
+
+
+@pytest.fixture
+def hub_env(tmp_path, monkeypatch):
+    """Point weights and every Hugging Face setting into tmp_path; returns the weights folder."""
+    wdir = tmp_path / "weights"
+    monkeypatch.setenv("MUSICGEN_WEIGHTS_DIR", str(wdir))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf_cache"))
+    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")  # loopback must never go through a proxy
+    # huggingface_hub copies these from the environment once, at import: set the copies as well
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hf_cache"))
+    monkeypatch.setattr(hf_constants, "HF_TOKEN_PATH", str(tmp_path / "hf_home" / "token"))
+    monkeypatch.setattr(hf_constants, "HF_HUB_DISABLE_XET", True)
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+    return wdir
+
+
+@pytest.fixture
+def hub(hub_env, monkeypatch):
+    """A stand-in Hub on a free loopback port for the length of one test."""
+    state = StandInHub()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
+    try:
+        yield state
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+@pytest.fixture
+def closed_port_endpoint(hub_env, monkeypatch):
+    """HF_ENDPOINT on a loopback port nothing listens on: every connection is refused."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+
+
+def _tree(folder: Path) -> set[str]:
+    return {str(p.relative_to(folder)) for p in folder.rglob("*")} if folder.exists() else set()
+
+
+def test_weights_dir_default_and_override(monkeypatch, tmp_path):
+    monkeypatch.delenv("MUSICGEN_WEIGHTS_DIR", raising=False)
+    assert weights_dir() == REPO_ROOT / "weights"
+    monkeypatch.setenv("MUSICGEN_WEIGHTS_DIR", str(tmp_path))
+    assert weights_dir() == tmp_path
+
+
+def test_variant_downloads_only_the_transformers_layout(hub, hub_env):
+    path = resolve_model("small")
+
+    assert path == hub_env / "small"
+    assert _tree(path) == set(TRANSFORMERS_FILES)  # no .bin, no README, no onnx/, no .cache bookkeeping
+    for name, data in TRANSFORMERS_FILES.items():
+        assert (path / name).read_bytes() == data
+    assert _tree(hub_env) == {"small"} | {f"small/{f}" for f in TRANSFORMERS_FILES}  # no temp folder left
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o777 & ~umask  # readable by others as the umask allows
+    assert not any("bin" in p or "README" in p for p in hub.downloads())
+
+
+def test_second_resolution_makes_no_request(hub, hub_env):
+    first = resolve_model("small")
+    seen = len(hub.requests)
+    assert seen > 0
+
+    assert resolve_model("small") == first
+    assert resolve_model("facebook/musicgen-small") == first  # the Hub id names the same folder
+    assert len(hub.requests) == seen
+
+
+def test_download_failing_midway_leaves_nothing(hub, hub_env):
+    hub.fail_get.add("model.safetensors")
+
+    with pytest.raises(WeightsNotFoundError) as info:
+        resolve_model("small")
+
+    assert "small" in str(info.value) and "500" in str(info.value)
+    assert _tree(hub_env) == set()  # neither the folder nor a temporary sibling
+    hub.fail_get.clear()
+    assert _tree(resolve_model("small")) == set(TRANSFORMERS_FILES)
+
+
+def test_connection_cut_midway_leaves_nothing(hub, hub_env, monkeypatch):
+    # huggingface_hub retries a cut stream five times, a second apart: skip the waits (patches time.sleep,
+    # for this test only)
+    monkeypatch.setattr("huggingface_hub.file_download.time.sleep", lambda seconds: None)
+    hub.cut_get.add("spiece.model")
+
+    with pytest.raises(WeightsNotFoundError):
+        resolve_model("small")
+
+    assert _tree(hub_env) == set()
+
+
+def test_interrupted_download_leaves_nothing(hub, hub_env, monkeypatch):
+    def interrupted(repo_id, **kwargs):
+        (Path(kwargs["local_dir"]) / "config.json").write_text("{}")  # something arrived, then Ctrl-C
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(weights, "snapshot_download", interrupted)
+
+    with pytest.raises(KeyboardInterrupt):
+        resolve_model("small")
+
+    assert _tree(hub_env) == set()
+
+
+def test_no_network_names_variant_folder_and_command(closed_port_endpoint, hub_env):
+    with pytest.raises(WeightsNotFoundError) as info:
+        resolve_model("stereo-melody-large")
+
+    message = str(info.value)
+    assert "'stereo-melody-large'" in message
+    assert str(hub_env / "stereo-melody-large") in message
+    assert "python scripts/download_weights.py stereo-melody-large" in message
+    assert _tree(hub_env) == set()
+
+
+def test_download_turned_off(hub, hub_env):
+    with pytest.raises(WeightsNotFoundError) as info:
+        resolve_model("small", download=False)
+
+    assert str(hub_env / "small") in str(info.value)
+    assert "python scripts/download_weights.py small" in str(info.value)
+    assert hub.requests == []
+
+
+def test_unknown_hub_repo(hub, hub_env):
+    with pytest.raises(WeightsNotFoundError) as info:
+        resolve_model("someone/missing")
+
+    assert str(hub_env / "hub" / "someone--missing") in str(info.value)
+    assert _tree(hub_env) == set()
+
+
+def test_hub_repo_without_transformers_layout(hub, hub_env):
+    with pytest.raises(WeightsNotFoundError, match="no config.json"):
+        resolve_model("someone/no-config")
+
+    assert hub.downloads() == []
+    assert _tree(hub_env) == set()
+
+
+def test_unknown_name_lists_the_variants(hub_env):
+    with pytest.raises(CheckpointError) as info:
+        resolve_model("tiny")
+
+    assert not isinstance(info.value, WeightsNotFoundError)
+    for name in VARIANTS:
+        assert name in str(info.value)
+
+
+def test_folder_without_checkpoint(tmp_path):
+    folder = tmp_path / "my-model"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("not weights")
+
+    with pytest.raises(CheckpointError) as info:
+        resolve_model(str(folder))
+
+    message = str(info.value)
+    assert str(folder) in message and "config.json" in message and "state_dict.bin" in message
+
+
+def test_missing_path_is_not_taken_for_a_name(tmp_path):
+    with pytest.raises(CheckpointError, match="not a folder"):
+        resolve_model(str(tmp_path / "nowhere" / "model"))
+
+
+def test_existing_folders_are_used_as_is(hub, hub_env, tmp_path):
+    folder = tmp_path / "audiocraft-export"
+    folder.mkdir()
+    (folder / "state_dict.bin").write_bytes(b"lm")
+    assert resolve_model(str(folder)) == folder
+
+    # a variant folder holding an audiocraft checkpoint counts as present too
+    (hub_env / "medium").mkdir(parents=True)
+    (hub_env / "medium" / "state_dict.bin").write_bytes(b"lm")
+    assert resolve_model("medium") == hub_env / "medium"
+    assert hub.requests == []
+
+
+def test_download_completes_a_folder_holding_other_files(hub, hub_env):
+    (hub_env / "small").mkdir(parents=True)
+    (hub_env / "small" / "notes.txt").write_text("mine")
+
+    path = resolve_model("small")
+
+    assert _tree(path) == set(TRANSFORMERS_FILES) | {"notes.txt"}
+    assert _tree(hub_env) == {"small"} | {f"small/{f}" for f in _tree(path)}
+
+
+def test_pretrained_prefers_safetensors_and_lands_under_hub(hub, hub_env):
+    t5 = resolve_pretrained("google-t5/t5-base")
+    codec = resolve_pretrained("facebook/encodec_32khz")
+
+    assert t5 == hub_env / "hub" / "google-t5--t5-base"
+    assert _tree(t5) == {"config.json", "model.safetensors", "spiece.model", "tokenizer.json"}
+    # no safetensors there, so the pickled weights are the only weights
+    assert codec == hub_env / "hub" / "facebook--encodec_32khz"
+    assert _tree(codec) == {"config.json", "pytorch_model.bin", "preprocessor_config.json"}
+
+    seen = len(hub.requests)
+    assert resolve_pretrained("google-t5/t5-base") == t5
+    assert resolve_pretrained(str(codec)) == codec
+    assert len(hub.requests) == seen
+
+
+def test_pretrained_without_network(closed_port_endpoint, hub_env):
+    with pytest.raises(WeightsNotFoundError) as info:
+        resolve_pretrained("t5-base")
+
+    assert str(hub_env / "hub" / "t5-base") in str(info.value)
+    assert "python scripts/download_weights.py --pretrained t5-base" in str(info.value)
+    assert _tree(hub_env) == set()
+
+
+def test_cli_prints_where_models_landed(hub, hub_env, capsys):
+    # in-process, because starting a second Python that imports torch costs seconds
+    spec = importlib.util.spec_from_file_location(
+        "download_weights", REPO_ROOT / "scripts" / "download_weights.py"
+    )
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+
+    assert cli.main(["small", "--pretrained", "facebook/encodec_32khz"]) == 0
+
+    out = capsys.readouterr().out
+    assert f"small: {hub_env / 'small'}" in out
+    assert f"facebook/encodec_32khz: {hub_env / 'hub' / 'facebook--encodec_32khz'}" in out
+
+
+def test_cli_failure_is_a_message_not_a_traceback(closed_port_endpoint, hub_env):
+    # run as a file, as people run it; the child reads HF_ENDPOINT etc. from the environment the fixtures set
+    done = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "scripts" / "download_weights.py"), "small", "tiny"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "HF_HUB_DISABLE_PROGRESS_BARS": "1"},
+    )
+
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr
+    assert "python scripts/download_weights.py small" in done.stderr
+    assert "Valid variant names" in done.stderr
