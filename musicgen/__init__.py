@@ -8,9 +8,24 @@ result = model.generate(["lo-fi beat with warm piano"], duration=8, seed=1)
 
 from .config import LMConfig, ModelConfig
 from .errors import AudioFileError, CheckpointError, InvalidInputError, MusicGenError, WeightsNotFoundError
-from .model import GenerationResult, MusicGen, check_generation_args
-from .sampling import SamplingParams
 from .variants import VARIANTS, Variant
+
+# torch is imported on first use of these, so that `import musicgen` and the CLI's checks start fast
+_LAZY = {
+    "GenerationResult": ".model",
+    "MusicGen": ".model",
+    "check_generation_args": ".model",
+    "SamplingParams": ".sampling",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module 'musicgen' has no attribute {name!r}")
+
 
 __all__ = [
     "AudioFileError",

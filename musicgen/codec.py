@@ -5,8 +5,12 @@ Stereo models encode left and right separately and interleave their codebooks: [
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
-from transformers import EncodecModel
+
+if TYPE_CHECKING:  # transformers is slow to import; only loading needs it
+    from transformers import EncodecModel
 
 
 class Codec:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
-from transformers import PreTrainedTokenizerBase, T5EncoderModel
+
+if TYPE_CHECKING:  # transformers is slow to import; only loading needs it
+    from transformers import PreTrainedTokenizerBase, T5EncoderModel
 
 
 class TextEncoder:

@@ -43,8 +43,14 @@ def prefill(lm: LanguageModel, cache: KVCache, cond: WindowConditions, known: to
 
 
 def decode_step(lm: LanguageModel, cache: KVCache, column: torch.Tensor, position: int) -> torch.Tensor:
-    """column [R, K] of tokens at `position` -> logits [R, K, V] for the next position."""
+    """column [R, K] of tokens at `position` -> logits [R, K, V] for the next position (eager)."""
     return lm.forward_embeds(lm.embed_codes(column[:, :, None]), cache, start=position)
+
+
+def decode_step_static(lm: LanguageModel, cache: KVCache, column: torch.Tensor, position: torch.Tensor):
+    """As `decode_step`, with static shapes and the position as a device tensor: the function to compile
+    with `torch.compile(mode="reduce-overhead")` or capture in a CUDA graph."""
+    return lm.step_static(lm.embed_codes(column[:, :, None]), cache, position)
 
 
 @torch.inference_mode()
@@ -57,6 +63,7 @@ def generate_window(
     generator: torch.Generator | None,
     prompt: torch.Tensor | None = None,
     on_step: Callable[[], None] | None = None,
+    static: bool = False,
 ) -> torch.Tensor:
     """Generates one window.
 
@@ -65,6 +72,7 @@ def generate_window(
         frames: frames of the finished window, prompt included (at most 30 s worth).
         prompt: codes [B, K, Tp] that start the window, Tp < frames.
         on_step: called after each decoded position (progress bars).
+        static: decode with `decode_step_static` (static shapes, device-side position).
     Returns:
         codes [B, K, frames], the prompt included, delays undone.
     """
@@ -78,10 +86,11 @@ def generate_window(
     rows = 2 * batch if cond.guided else batch
     cache = lm.new_cache(rows, prefix_len + L)
 
-    # every column before the first free one of codebook 0 is known: feed them all at once
-    first = int(free[0].nonzero()[0]) if frames > (0 if prompt is None else prompt.shape[-1]) else L
+    # columns 0..Tp (start token and prompt) are known for codebook 0, which has no delay: feed them at once
+    first = 1 + (0 if prompt is None else prompt.shape[-1])
     known = seq[:, :, :first]
     logits = prefill(lm, cache, cond, known.repeat(2, 1, 1) if cond.guided else known)
+    position = torch.full((1,), prefix_len + first, dtype=torch.long, device=device)
     for col in range(first, L):
         if cond.guided:
             logits = mix_guidance(logits, params.cfg_coef, batch)
@@ -90,8 +99,12 @@ def generate_window(
         if on_step is not None:
             on_step()
         if col + 1 < L:
-            column = seq[:, :, col]
-            logits = decode_step(lm, cache, column.repeat(2, 1) if cond.guided else column, prefix_len + col)
+            column = seq[:, :, col].repeat(2, 1) if cond.guided else seq[:, :, col]
+            if static:
+                logits = decode_step_static(lm, cache, column, position)
+                position += 1
+            else:
+                logits = decode_step(lm, cache, column, prefix_len + col)
     return undo_delays(seq, frames, delays)
 
 
@@ -131,6 +144,7 @@ def generate_long(
     generator: torch.Generator | None,
     prompt: torch.Tensor | None = None,
     on_step: Callable[[], None] | None = None,
+    static: bool = False,
 ) -> torch.Tensor:
     """Generates `plan.total` frames in windows; returns codes [B, K, total], the prompt included.
 

@@ -94,9 +94,21 @@ class LanguageModel(nn.Module):
         self.text_proj = nn.Linear(cfg.text_dim, D)
         if cfg.conditioning == "prepend":
             self.chroma_proj = nn.Linear(cfg.num_chroma, D)
-        self.register_buffer("positions", sinusoidal_table(cfg.max_positions, D), persistent=False)
+        self.init_buffers()
+
+    def init_buffers(self) -> None:
+        """(Re)builds the tables that are not learned (needed again after building on the meta device)."""
+        cfg = self.cfg
+        device = self.heads.weight.device if self.heads.weight.device.type != "meta" else None
+        self.register_buffer(
+            "positions", sinusoidal_table(cfg.max_positions, cfg.dim).to(device), persistent=False
+        )
         # offsets that move codebook k's tokens into its slice of the fused embedding table
-        self.register_buffer("codebook_offsets", torch.arange(K) * (cfg.card + 1), persistent=False)
+        offsets = torch.arange(cfg.num_codebooks, device=device) * (cfg.card + 1)
+        self.register_buffer("codebook_offsets", offsets, persistent=False)
+        self.register_buffer(
+            "key_positions", torch.arange(cfg.max_positions, device=device), persistent=False
+        )
 
     # ---- conditioning -------------------------------------------------------------------------
     def project_text(self, text_states: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
@@ -137,28 +149,54 @@ class LanguageModel(nn.Module):
     def forward_embeds(self, x: torch.Tensor, cache: KVCache, start: int) -> torch.Tensor:
         """Runs hidden states x [B, T, D] at positions start..start+T-1, filling the cache there.
 
-        Returns the logits of the last position: [B, K, card].
+        The eager path: attention reads only the filled part of the cache. Returns the logits of the last
+        position: [B, K, card].
         """
-        B, T, D = x.shape
-        cfg = self.cfg
-        H, hd = cfg.num_heads, cfg.head_dim
+        T = x.shape[1]
         end = start + T
         x = x + self.positions[start:end].to(x.dtype)
         # causal mask over the filled prefix: query i (absolute start+i) sees keys 0..start+i
         causal = None
         if T > 1:
             q_pos = torch.arange(start, end, device=x.device)[:, None]
-            k_pos = torch.arange(end, device=x.device)[None, :]
-            causal = k_pos <= q_pos  # [T, end]
+            causal = torch.arange(end, device=x.device)[None, :] <= q_pos  # [T, end]
+
+        def self_attention(i, q, k, v):
+            cache.k[i, :, :, start:end] = k
+            cache.v[i, :, :, start:end] = v
+            return F.scaled_dot_product_attention(
+                q, cache.k[i, :, :, :end], cache.v[i, :, :, :end], attn_mask=causal
+            )
+
+        return self._layers(x, cache, self_attention)
+
+    def step_static(self, x: torch.Tensor, cache: KVCache, position: torch.Tensor) -> torch.Tensor:
+        """One decode position with static shapes, for `torch.compile(mode="reduce-overhead")` or graphs.
+
+        x: [B, 1, D]; position: a 1-element long tensor on the device (advanced in place by the caller,
+        so a captured graph replays with the new value). Attention reads the whole cache and masks the
+        unfilled part, so no shape depends on the position. Returns logits [B, K, card].
+        """
+        x = x + self.positions.index_select(0, position).to(x.dtype)[None]
+        visible = (self.key_positions[: cache.max_len] <= position)[None, None, None, :]  # [1, 1, 1, T_max]
+
+        def self_attention(i, q, k, v):
+            cache.k[i].index_copy_(2, position, k)
+            cache.v[i].index_copy_(2, position, v)
+            return F.scaled_dot_product_attention(q, cache.k[i], cache.v[i], attn_mask=visible)
+
+        return self._layers(x, cache, self_attention)
+
+    def _layers(self, x: torch.Tensor, cache: KVCache, self_attention) -> torch.Tensor:
+        """The transformer body; self_attention(i, q, k, v) writes layer i's cache and attends."""
+        B, T, D = x.shape
+        cfg = self.cfg
+        H, hd = cfg.num_heads, cfg.head_dim
         for i, layer in enumerate(self.layers):
             h = layer.norm1(x)
             qkv = F.linear(h, layer.self_attn.in_proj.weight).view(B, T, 3, H, hd)
             q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each [B, H, T, hd]
-            cache.k[i, :, :, start:end] = k
-            cache.v[i, :, :, start:end] = v
-            a = F.scaled_dot_product_attention(
-                q, cache.k[i, :, :, :end], cache.v[i, :, :, :end], attn_mask=causal
-            )
+            a = self_attention(i, q, k, v)
             x = x + F.linear(a.transpose(1, 2).reshape(B, T, D), layer.self_attn.out_proj.weight)
             if cfg.conditioning == "cross":
                 h = layer.norm_cross(x)

@@ -12,7 +12,7 @@ from .checkpoints import Checkpoint, detect_layout
 from .codec import Codec
 from .conditioning import TextEncoder
 from .errors import CheckpointError
-from .lm import LanguageModel, sinusoidal_table
+from .lm import LanguageModel
 from .model import MusicGen
 
 
@@ -81,10 +81,7 @@ def build_lm(ckpt: Checkpoint) -> LanguageModel:
         )
     lm.load_state_dict({k: v.float() for k, v in ckpt.lm_state.items()}, assign=True)
     lm.requires_grad_(False)
-    # buffers are not in the state dict: rebuild them off the meta device
-    cfg = ckpt.config.lm
-    lm.positions = sinusoidal_table(cfg.max_positions, cfg.dim)
-    lm.codebook_offsets = torch.arange(cfg.num_codebooks) * (cfg.card + 1)
+    lm.init_buffers()  # built on the meta device: the tables are not in the state dict
     return lm
 
 

@@ -69,6 +69,8 @@ class MusicGen:
         self.lm = lm
         self.text = text
         self.codec = codec
+        # decode with the static-shape step (the one to compile or capture); eager slicing otherwise
+        self.static_decode = False
 
     @classmethod
     def load(cls, name_or_path: str | Path, device: str | None = None, download: bool = True) -> MusicGen:
@@ -161,6 +163,7 @@ class MusicGen:
                 generator,
                 prompt_codes,
                 on_step=lambda: bar.update(),
+                static=self.static_decode,
             )
         audio = self.codec.decode(codes)
         return GenerationResult(
