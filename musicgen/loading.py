@@ -108,6 +108,11 @@ def _text_encoder(ckpt: Checkpoint):
         folder = resolve_pretrained(cfg.text_encoder_name)
         model = T5EncoderModel.from_pretrained(folder)
         tok_source = ckpt.tokenizer_dir or folder
+    if model.config.d_model != cfg.lm.text_dim:
+        raise CheckpointError(
+            f"{ckpt.source}: the text encoder {cfg.text_encoder_name!r} gives {model.config.d_model}-wide "
+            f"states, but the language model takes {cfg.lm.text_dim}: it is not the T5 this model was trained with."
+        )
     if tok_source is None:
         from .weights import resolve_pretrained
 

@@ -18,6 +18,7 @@ numbers, so nothing in it needs code to be unpickled, and a file that does is re
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import pickle
@@ -96,7 +97,14 @@ def read_audiocraft(folder: Path) -> Checkpoint:
         codec_frame_rate if codec_frame_rate is not None else _POINTER_FRAME_RATES.get(codec_name, FRAME_RATE)
     )
 
-    text_state, text_cfg, tokenizer_dir = _read_text_encoder(folder / TEXT_ENCODER_DIR, lm.text_dim)
+    text_state, text_cfg, tokenizer_dir = _read_text_encoder(folder / TEXT_ENCODER_DIR)
+    # the width of the T5 states is what the projection takes: a bundled T5 (fine-tuned, tiny) or the
+    # tensor itself says it; the T5 loaded by name is checked against it when the model is built
+    proj = best_state.get(_DESC_PROJ + ".weight")
+    if text_cfg is not None:
+        lm = dataclasses.replace(lm, text_dim=text_cfg.get("d_model", lm.text_dim))
+    elif isinstance(proj, torch.Tensor) and proj.dim() == 2:
+        lm = dataclasses.replace(lm, text_dim=int(proj.shape[1]))
     # a bundled codec has no name in audiocraft's files: codec_name keeps ModelConfig's default
     named = {"codec_name": codec_name} if codec_name is not None else {}
     config = ModelConfig(
@@ -549,7 +557,7 @@ def _read_compression(
     return None, codec_cfg, codec_state, sample_rate, sample_rate // hop
 
 
-def _read_text_encoder(te_dir: Path, text_dim: int) -> tuple[dict | None, dict | None, Path | None]:
+def _read_text_encoder(te_dir: Path) -> tuple[dict | None, dict | None, Path | None]:
     """(T5 state, T5 config dict, tokenizer folder) from our optional `text_encoder/` sub-folder."""
     if not te_dir.is_dir():
         return None, None, None
@@ -572,11 +580,6 @@ def _read_text_encoder(te_dir: Path, text_dim: int) -> tuple[dict | None, dict |
         raise CheckpointError(f"{config_path}: not a readable JSON file ({e})") from None
     if not isinstance(text_cfg, dict):
         raise CheckpointError(f"{config_path}: expected a JSON object (a T5Config)")
-    if text_cfg.get("d_model") != text_dim:
-        raise CheckpointError(
-            f"{config_path}: d_model is {text_cfg.get('d_model')!r}, but the T5 named in {LM_FILE} feeds "
-            f"{text_dim}-wide states to the LM"
-        )
     from safetensors.torch import load_file
 
     state: dict[str, torch.Tensor] = {}
@@ -1127,7 +1130,7 @@ def write_audiocraft(ckpt: Checkpoint, folder: Path) -> None:
     config, lm = ckpt.config, ckpt.config.lm
     where = ckpt.source or "checkpoint"
     t5_name = _audiocraft_t5_name(config.text_encoder_name, where)
-    if T5_WIDTHS[t5_name] != lm.text_dim:
+    if ckpt.text_encoder_state is None and T5_WIDTHS[t5_name] != lm.text_dim:
         raise CheckpointError(
             f"{where}: text_dim is {lm.text_dim}, but audiocraft's {t5_name} is {T5_WIDTHS[t5_name]} wide"
         )
