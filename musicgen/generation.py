@@ -154,7 +154,7 @@ def generate_long(
     window_prompt = prompt
     for offset, frames, _ in plan.windows(0 if prompt is None else prompt.shape[-1]):
         codes = generate_window(
-            lm, conditions_at(offset), batch, frames, params, generator, window_prompt, on_step
+            lm, conditions_at(offset), batch, frames, params, generator, window_prompt, on_step, static
         )
         pieces.append(codes if window_prompt is None else codes[:, :, window_prompt.shape[-1] :])
         window_prompt = codes[:, :, plan.stride :]

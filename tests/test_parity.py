@@ -100,3 +100,31 @@ def test_static_step_gives_the_same_codes_as_the_eager_step(tiny, kind, sampling
         finally:
             engine.static_decode = False
     assert torch.equal(runs[0].codes, runs[1].codes)
+
+
+def test_static_step_captures_as_one_graph(tiny, monkeypatch):
+    """torch.compile traces the static step whole (fullgraph: no graph break, no recompilation per
+    position) and the traced step decodes the same codes. The backend runs the traced graph as is:
+    this checks the capture without compiling kernels, which a GPU run does later."""
+    import musicgen.generation as generation
+
+    engine = tiny.engine("mono")
+    eager = engine.generate(["ambient pads"], duration=0.4, sampling=GREEDY, seed=0).codes
+    torch._dynamo.reset()
+    graphs = []
+
+    def counting_backend(graph_module, example_inputs):
+        graphs.append(graph_module)
+        return graph_module.forward
+
+    compiled = torch.compile(
+        generation.decode_step_static, backend=counting_backend, fullgraph=True, dynamic=False
+    )
+    monkeypatch.setattr(generation, "decode_step_static", compiled)
+    engine.static_decode = True
+    try:
+        traced = engine.generate(["ambient pads"], duration=0.4, sampling=GREEDY, seed=0).codes
+    finally:
+        engine.static_decode = False
+    assert torch.equal(traced, eager)
+    assert len(graphs) == 1  # one graph served every position: nothing was recompiled
