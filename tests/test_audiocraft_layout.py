@@ -15,14 +15,8 @@ import yaml
 from transformers import EncodecConfig, EncodecModel, T5Config, T5EncoderModel
 
 from musicgen.checkpoints import Checkpoint, detect_layout
-from musicgen.checkpoints.audiocraft_layout import (
-    CODEC_FILE,
-    LM_FILE,
-    encodec_state_from_audiocraft,
-    encodec_state_to_audiocraft,
-    read_audiocraft,
-    write_audiocraft,
-)
+from musicgen.checkpoints.audiocraft_encodec import encodec_state_from_audiocraft, encodec_state_to_audiocraft
+from musicgen.checkpoints.audiocraft_layout import CODEC_FILE, LM_FILE, read_audiocraft, write_audiocraft
 from musicgen.config import ChromaConfig, LMConfig, ModelConfig
 from musicgen.errors import CheckpointError
 
