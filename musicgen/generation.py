@@ -92,6 +92,7 @@ def generate_window(
     logits = prefill(lm, cache, cond, known.repeat(2, 1, 1) if cond.guided else known)
     position = torch.full((1,), prefix_len + first, dtype=torch.long, device=device)
     for col in range(first, L):
+        logits = logits.float()  # guidance and sampling in fp32 whatever the model's dtype
         if cond.guided:
             logits = mix_guidance(logits, params.cfg_coef, batch)
         tokens = sample(logits, params, generator)  # [B, K]

@@ -135,7 +135,7 @@ class MusicGen:
         prompt_codes = None
         if continuation is not None:
             wav = self._as_channels(continuation, "continuation audio")
-            prompt_codes = self.codec.encode(wav[None].expand(B, -1, -1)).to(self.device)
+            prompt_codes = self.codec.encode(wav[None]).to(self.device).expand(B, -1, -1)  # [B, K, Tp]
             if prompt_codes.shape[-1] >= total:
                 raise InvalidInputError(
                     f"the audio to continue lasts {continuation.shape[-1] / self.config.sample_rate:.2f} s, "
