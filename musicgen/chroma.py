@@ -6,8 +6,8 @@ padding and window-normalised; projected on librosa's chroma filter bank; each f
 then only the strongest pitch class of each frame is kept, as a one-hot vector.
 
 Audiocraft first removes drums and bass with Demucs (htdemucs, keeping the "vocals" and "other" stems)
-because they can swamp the chroma; transformers leaves that to the caller. Not done here: a possible
-option for later, applied to the waveform before `extract_chroma`.
+because they can swamp the chroma; transformers leaves that to the caller. Here it is an option applied
+to the waveform before `extract_chroma` (`musicgen.stems`, used when Demucs' weights are present).
 """
 
 from __future__ import annotations

@@ -20,11 +20,20 @@ def main(argv: list[str] | None = None) -> int:
     _add_generate(sub)
     _add_convert(sub)
     args = parser.parse_args(argv)
+    _quiet_libraries()
     try:
         return args.run(args)
     except MusicGenError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+
+
+def _quiet_libraries() -> None:
+    """transformers warns about quirks of the published configs (pad token 2048 = the codebook size) that
+    are expected here; a person running the CLI should see our messages, not those."""
+    import os
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # read when transformers is first imported
 
 
 # ---- generate -------------------------------------------------------------------------------------
@@ -45,6 +54,12 @@ def _add_generate(sub) -> None:
     p.add_argument("--codes-out", type=Path, help="save the codes as int64 .npy [batch, codebooks, frames]")
     p.add_argument(
         "--normalize", default="loudness", choices=["loudness", "peak", "rms", "clip"], help="output loudness"
+    )
+    p.add_argument(
+        "--melody-stems",
+        default="auto",
+        choices=["auto", "on", "off"],
+        help="remove drums and bass from the melody with Demucs first (auto: when its weights are present)",
     )
     p.add_argument("--no-download", action="store_true", help="fail instead of downloading missing weights")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -93,6 +108,7 @@ def _generate(args) -> int:
         continuation=continuation,
         sampling=sampling,
         seed=args.seed,
+        melody_stems=args.melody_stems,
         progress=not args.quiet,
     )
     print(f"seed: {result.seed}", file=sys.stderr)

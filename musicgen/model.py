@@ -15,11 +15,12 @@ from .checkpoints import Checkpoint
 from .codec import Codec
 from .conditioning import TextEncoder
 from .config import ModelConfig
-from .errors import InvalidInputError
+from .errors import InvalidInputError, WeightsNotFoundError
 from .generation import LongFormPlan, WindowConditions, generate_long, steps_for
 from .lm import LanguageModel
 from .sampling import SamplingParams
 
+MELODY_STEMS_MODES = ("auto", "on", "off")
 MAX_WINDOW_SECONDS = 30.0  # sinusoidal positions were trained on 30 s windows
 DEFAULT_STRIDE_SECONDS = 18.0  # audiocraft's extend_stride: windows overlap by 12 s
 
@@ -71,6 +72,7 @@ class MusicGen:
         self.codec = codec
         # decode with the static-shape step (the one to compile or capture); eager slicing otherwise
         self.static_decode = False
+        self._stems = None  # Demucs, loaded on the first melody that asks for it
 
     @classmethod
     def load(cls, name_or_path: str | Path, device: str | None = None, download: bool = True) -> MusicGen:
@@ -104,6 +106,7 @@ class MusicGen:
         seed: int | None = None,
         batch_size: int | None = None,
         extend_stride: float = DEFAULT_STRIDE_SECONDS,
+        melody_stems: str = "auto",
         progress: bool = False,
     ) -> GenerationResult:
         """Generates audio.
@@ -118,6 +121,8 @@ class MusicGen:
             sampling: top_k, top_p, temperature, cfg_coef.
             seed: the same seed and inputs give the same codes on the same device; None draws one.
             batch_size: number of clips when `prompts` is None (unconditional); defaults to 1.
+            melody_stems: remove drums and bass from the melody with Demucs first, as audiocraft does:
+                "auto" when Demucs' weights are in the weights folder, "on" (required), or "off".
         """
         if isinstance(prompts, str) or prompts is None:
             prompts = [prompts] * (batch_size or 1)
@@ -144,12 +149,21 @@ class MusicGen:
                 )
         if not 0 < extend_stride < MAX_WINDOW_SECONDS:
             raise InvalidInputError(f"extend_stride must be between 0 and {MAX_WINDOW_SECONDS} s.")
+        if melody_stems not in MELODY_STEMS_MODES:
+            raise InvalidInputError(
+                f"melody_stems must be one of {MELODY_STEMS_MODES}, got {melody_stems!r}."
+            )
+        stems = self._stem_remover(melody_stems) if melody is not None else None
         if seed is None:
             seed = secrets.randbelow(2**31)
         generator = torch.Generator(self.device).manual_seed(seed)
 
         window = int(MAX_WINDOW_SECONDS * rate)
         plan = LongFormPlan(total=total, window=window, stride=int(extend_stride * rate))
+        if stems is not None:  # the whole melody once; windows then slide along the stemmed audio
+            melody = stems.remove_drums_and_bass(
+                self._as_channels(melody, "melody")[None], self.config.sample_rate, seed
+            )[0]
         conditions_at = self._conditioner(prompts, melody, sampling, single_window=total <= window)
         tp = 0 if prompt_codes is None else prompt_codes.shape[-1]
         steps = sum(steps_for(f, p, self.config.lm.delays) for _, f, p in plan.windows(tp))
@@ -203,6 +217,26 @@ class MusicGen:
             return WindowConditions(guided=guided, prefix=torch.cat([rows, text], dim=1))
 
         return at
+
+    def _stem_remover(self, mode: str):
+        """The Demucs stem remover for `mode` ("auto", "on", "off"), loaded once; None when not used."""
+        if mode == "off":
+            return None
+        if self._stems is None:
+            from .stems import StemRemover, find_demucs_weights
+            from .weights import weights_dir
+
+            folder = find_demucs_weights(weights_dir())
+            if folder is None:
+                if mode == "on":
+                    raise WeightsNotFoundError(
+                        f"melody_stems='on' needs Demucs' htdemucs weights (its Hugging Face export: "
+                        f"htdemucs.yaml + *.safetensors) in {weights_dir() / 'demucs' / 'htdemucs'}; "
+                        "put them there, or use melody_stems='auto' or 'off'."
+                    )
+                return None
+            self._stems = StemRemover(folder, self.device)
+        return self._stems
 
     def _melody_window(self, wav: torch.Tensor, offset_frames: int) -> torch.Tensor:
         """The 30 s of melody under a window starting at offset_frames, looping the melody (audiocraft)."""
