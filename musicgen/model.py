@@ -127,6 +127,14 @@ class MusicGen:
         if isinstance(prompts, str) or prompts is None:
             prompts = [prompts] * (batch_size or 1)
         B = len(prompts)
+        if B == 0:
+            raise InvalidInputError("prompts is an empty list: give at least one prompt, or None.")
+        if not 0 < extend_stride < MAX_WINDOW_SECONDS:
+            raise InvalidInputError(f"extend_stride must be between 0 and {MAX_WINDOW_SECONDS} s.")
+        if melody_stems not in MELODY_STEMS_MODES:
+            raise InvalidInputError(
+                f"melody_stems must be one of {MELODY_STEMS_MODES}, got {melody_stems!r}."
+            )
         check_generation_args(
             duration=duration,
             sampling=sampling,
@@ -147,12 +155,6 @@ class MusicGen:
                     f"not shorter than the requested duration of {duration} s (duration counts the "
                     "continued audio): ask for a longer duration or cut the audio."
                 )
-        if not 0 < extend_stride < MAX_WINDOW_SECONDS:
-            raise InvalidInputError(f"extend_stride must be between 0 and {MAX_WINDOW_SECONDS} s.")
-        if melody_stems not in MELODY_STEMS_MODES:
-            raise InvalidInputError(
-                f"melody_stems must be one of {MELODY_STEMS_MODES}, got {melody_stems!r}."
-            )
         stems = self._stem_remover(melody_stems) if melody is not None else None
         if seed is None:
             seed = secrets.randbelow(2**31)

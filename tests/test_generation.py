@@ -83,8 +83,15 @@ def test_continuation_longer_than_duration_is_refused(tiny):
         ({"duration": 1, "sampling": SamplingParams(temperature=-1)}, "temperature"),
         ({"duration": 1, "sampling": SamplingParams(top_k=-5)}, "top_k"),
         ({"duration": 1, "melody": torch.zeros(1, 32000)}, "melody"),
+        ({"duration": 1, "extend_stride": 30}, "extend_stride"),
+        ({"duration": 1, "melody_stems": "maybe"}, "melody_stems"),
     ],
 )
 def test_bad_arguments_raise_clear_errors(tiny, kwargs, message):
     with pytest.raises(InvalidInputError, match=message):
         tiny.engine("mono").generate(["x"], **kwargs)
+
+
+def test_empty_prompt_list(tiny):
+    with pytest.raises(InvalidInputError, match="empty"):
+        tiny.engine("mono").generate([], duration=1)
