@@ -1,0 +1,137 @@
+"""The model cache a server keeps (least recently used out, memory freed) and fetching weight files."""
+
+import gc
+import threading
+import weakref
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import torch
+
+from musicgen import InvalidInputError, WeightsNotFoundError
+from musicgen.finetuned import FineTuned, save_finetuned
+from musicgen.serving import ModelCache, fetch_weights_file
+from musicgen.tiny import save_tiny_model
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    root = tmp_path_factory.mktemp("weights")
+    for variant, kind in [("small", "mono"), ("stereo-small", "stereo"), ("melody", "melody")]:
+        save_tiny_model(root / variant, kind, seed=1)
+    return root
+
+
+@pytest.fixture
+def cache(weights, monkeypatch):
+    monkeypatch.setenv("MUSICGEN_WEIGHTS_DIR", str(weights))
+    return ModelCache(device="cpu")
+
+
+def test_a_loaded_model_is_reused(cache):
+    assert cache.get("small") is cache.get("small")
+    assert cache.keys() == [("small", None)]
+
+
+def test_least_recently_used_is_evicted_and_freed(cache):
+    small = cache.get("small")
+    cache.get("stereo-small")
+    # room for exactly these two; the melody model (smaller than the stereo one) fits once one goes
+    cache.memory_budget = sum(size for _, size in cache._models.values())
+    cache.get("small")  # now stereo-small is the least recently used
+    stereo_lm = weakref.ref(cache.get("stereo-small").lm)
+    cache.get("small")
+    cache.get("melody")  # a third model does not fit: stereo-small goes
+    assert [k for k, _ in cache.keys()] == ["small", "melody"]
+    gc.collect()
+    assert stereo_lm() is None  # nothing holds on to the evicted model's weights
+    assert cache.get("small") is small
+
+
+def test_max_models(cache):
+    cache.max_models = 1
+    cache.get("small")
+    cache.get("melody")
+    assert cache.keys() == [("melody", None)]
+
+
+def _lora_for(engine, base_variant):
+    lm = engine.lm
+    r, d = 2, lm.cfg.dim
+    gen = torch.Generator().manual_seed(0)
+    tensors = {
+        "layers.0.ff1.lora_A.weight": torch.randn(r, d, generator=gen),
+        "layers.0.ff1.lora_B.weight": torch.randn(lm.cfg.ffn_dim, r, generator=gen),
+    }
+    return FineTuned(
+        base_variant=base_variant,
+        method="lora",
+        tensors=tensors,
+        lm_config=lm.cfg,
+        lora_rank=r,
+        lora_alpha=4.0,
+        target_modules=["ff1"],
+    )
+
+
+def test_finetuned_weights_are_a_separate_entry(cache, tmp_path):
+    base = cache.get("small")
+    path = save_finetuned(tmp_path / "tuned.safetensors", _lora_for(base, "small"))
+    tuned = cache.get("small", finetuned=path)
+    assert tuned is not base
+    assert not torch.equal(tuned.lm.layers[0].ff1.weight, base.lm.layers[0].ff1.weight)
+    assert torch.equal(tuned.lm.layers[1].ff1.weight, base.lm.layers[1].ff1.weight)
+
+
+def test_weights_of_another_variant_are_refused_before_loading(cache, tmp_path):
+    path = save_finetuned(tmp_path / "tuned.safetensors", _lora_for(cache.get("small"), "small"))
+    cache.clear()
+    with pytest.raises(InvalidInputError, match="model_version=small"):
+        cache.get("medium", finetuned=path)  # medium is not on disk: refused before any download
+    assert cache.keys() == []
+
+
+@pytest.fixture
+def file_server(tmp_path):
+    served = tmp_path / "served"
+    served.mkdir()
+    seen = []
+
+    class Handler(SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            seen.append(self.path)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(Handler, directory=str(served)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", served, seen
+    server.shutdown()
+    thread.join(timeout=5)
+
+
+def test_fetch_downloads_a_url_once(file_server, tmp_path):
+    url, served, seen = file_server
+    (served / "w.safetensors").write_bytes(b"weights")
+    cache_dir = tmp_path / "cache"
+    first = fetch_weights_file(f"{url}/w.safetensors", cache_dir)
+    again = fetch_weights_file(f"{url}/w.safetensors", cache_dir)
+    assert first == again and first.read_bytes() == b"weights"
+    assert len(seen) == 1
+
+
+def test_fetch_failure_leaves_nothing(file_server, tmp_path):
+    url, _, _ = file_server
+    cache_dir = tmp_path / "cache"
+    with pytest.raises(WeightsNotFoundError, match="missing.safetensors"):
+        fetch_weights_file(f"{url}/missing.safetensors", cache_dir)
+    assert list(cache_dir.iterdir()) == []
+
+
+def test_fetch_local_paths(tmp_path):
+    f = tmp_path / "w.safetensors"
+    f.write_bytes(b"x")
+    assert fetch_weights_file(str(f)) == f
+    assert fetch_weights_file(f"file://{f}") == f
+    with pytest.raises(InvalidInputError, match="not found"):
+        fetch_weights_file(str(tmp_path / "nope.safetensors"))
