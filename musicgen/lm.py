@@ -40,6 +40,16 @@ def sinusoidal_table(num_positions: int, dim: int) -> torch.Tensor:
     return torch.cat([torch.cos(angles), torch.sin(angles)], dim=1)
 
 
+def cross_bias(text_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Additive cross-attention mask [B, 1, 1, S] from a text mask [B, S]: 0 for a token, very negative
+    for padding.
+
+    Finite, not -inf: a fully masked row (the unconditional half of CFG) then averages zero values and
+    yields exactly zero, as the reference implementations do, instead of NaN.
+    """
+    return ((1.0 - text_mask.to(dtype)) * torch.finfo(dtype).min)[:, None, None, :]
+
+
 class Attention(nn.Module):
     def __init__(self, dim: int, num_heads: int):
         super().__init__()
@@ -125,26 +135,36 @@ class LanguageModel(nn.Module):
 
         text: [B, S, D] projected states; text_mask: [B, S] (1 = token, 0 = padding).
         """
+        kvs = [self._cross_kv(layer, text, weight_only=True) for layer in self.layers]
+        cache.cross_k = torch.stack([k for k, _ in kvs])
+        cache.cross_v = torch.stack([v for _, v in kvs])
+        cache.cross_bias = cross_bias(text_mask, text.dtype)
+
+    def _cross_kv(self, layer: Layer, text: torch.Tensor, weight_only: bool):
+        """Cross-attention keys and values [B, H, S, hd] of one layer.
+
+        Decoding reads only the k/v rows of the fused projection; training calls the module whole so that
+        adapters wrapped around it (LoRA) take part, and drops the query part.
+        """
         B, S, D = text.shape
         H, hd = self.cfg.num_heads, self.cfg.head_dim
-        ks, vs = [], []
-        for layer in self.layers:
+        if weight_only:
             kv = F.linear(text, layer.cross_attn.in_proj.weight[D:])  # [B, S, 2D]
-            k, v = kv.view(B, S, 2, H, hd).permute(2, 0, 3, 1, 4)  # each [B, H, S, hd]
-            ks.append(k)
-            vs.append(v)
-        cache.cross_k = torch.stack(ks)
-        cache.cross_v = torch.stack(vs)
-        # finite, not -inf: a fully masked row (the unconditional half of CFG) then averages zero values
-        # and yields exactly zero, as the reference implementations do, instead of NaN
-        neg = torch.finfo(text.dtype).min
-        cache.cross_bias = ((1.0 - text_mask.to(text.dtype)) * neg)[:, None, None, :]
+        else:
+            kv = layer.cross_attn.in_proj(text)[..., D:]
+        k, v = kv.reshape(B, S, 2, H, hd).permute(2, 0, 3, 1, 4)
+        return k, v
 
     # ---- the transformer ------------------------------------------------------------------------
     def embed_codes(self, codes: torch.Tensor) -> torch.Tensor:
         """codes [B, K, T] (special token = card allowed) -> summed embeddings [B, T, D]."""
         ids = codes + self.codebook_offsets[None, :, None]
         return F.embedding(ids, self.embed.weight).sum(dim=1)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Final norm and heads: hidden [B, ..., D] -> logits [B, ..., K, card]."""
+        out = self.heads(self.out_norm(hidden))
+        return out.view(*hidden.shape[:-1], self.cfg.num_codebooks, self.cfg.card)
 
     def forward_embeds(self, x: torch.Tensor, cache: KVCache, start: int) -> torch.Tensor:
         """Runs hidden states x [B, T, D] at positions start..start+T-1, filling the cache there.
@@ -164,11 +184,10 @@ class LanguageModel(nn.Module):
         def self_attention(i, q, k, v):
             cache.k[i, :, :, start:end] = k
             cache.v[i, :, :, start:end] = v
-            return F.scaled_dot_product_attention(
-                q, cache.k[i, :, :, :end], cache.v[i, :, :, :end], attn_mask=causal
-            )
+            k_all, v_all = cache.k[i, :, :, :end], cache.v[i, :, :, :end]
+            return F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=causal)
 
-        return self._layers(x, cache, self_attention)
+        return self.logits(self._layers(x, self_attention, self._cached_cross(cache))[:, -1])
 
     def step_static(self, x: torch.Tensor, cache: KVCache, position: torch.Tensor) -> torch.Tensor:
         """One decode position with static shapes, for `torch.compile(mode="reduce-overhead")` or graphs.
@@ -185,30 +204,78 @@ class LanguageModel(nn.Module):
             cache.v[i].index_copy_(2, position, v)
             return F.scaled_dot_product_attention(q, cache.k[i], cache.v[i], attn_mask=visible)
 
-        return self._layers(x, cache, self_attention)
+        return self.logits(self._layers(x, self_attention, self._cached_cross(cache))[:, -1])
 
-    def _layers(self, x: torch.Tensor, cache: KVCache, self_attention) -> torch.Tensor:
-        """The transformer body; self_attention(i, q, k, v) writes layer i's cache and attends."""
+    def forward_train(
+        self,
+        codes: torch.Tensor,
+        text: torch.Tensor | None = None,
+        text_mask: torch.Tensor | None = None,
+        prefix: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Teacher-forced pass over whole sequences, no cache, every projection called as a module.
+
+        codes: [B, K, S] laid out with the delay pattern; text [B, St, D] projected with text_mask [B, St]
+        (cross-attention models) or prefix [B, P, D] (melody models). Returns logits [B, K, S, card]: those
+        at position j predict the tokens of position j + 1.
+        """
+        x = self.embed_codes(codes)
+        P = 0 if prefix is None else prefix.shape[1]
+        if prefix is not None:
+            x = torch.cat([prefix.to(x.dtype), x], dim=1)
+        x = x + self.positions[: x.shape[1]].to(x.dtype)
+
+        def self_attention(i, q, k, v):
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+        cross = None
+        if self.cfg.conditioning == "cross":
+            bias = cross_bias(text_mask, x.dtype)
+
+            def cross(i, q):
+                k, v = self._cross_kv(self.layers[i], text, weight_only=False)
+                return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+
+        hidden = self._layers(x, self_attention, cross, training=True)[:, P:]
+        return self.logits(hidden).permute(0, 2, 1, 3)  # [B, K, S, card]
+
+    def _cached_cross(self, cache: KVCache):
+        if self.cfg.conditioning != "cross":
+            return None
+
+        def cross(i, q):
+            return F.scaled_dot_product_attention(
+                q, cache.cross_k[i], cache.cross_v[i], attn_mask=cache.cross_bias
+            )
+
+        return cross
+
+    def _layers(
+        self, x: torch.Tensor, self_attention, cross_attention, training: bool = False
+    ) -> torch.Tensor:
+        """The transformer body: x [B, T, D] -> hidden states [B, T, D] before the final norm.
+
+        self_attention(i, q, k, v) and cross_attention(i, q) attend for layer i (writing caches as they
+        need); q, k, v: [B, H, T, hd].
+        """
         B, T, D = x.shape
-        cfg = self.cfg
-        H, hd = cfg.num_heads, cfg.head_dim
+        H, hd = self.cfg.num_heads, self.cfg.head_dim
         for i, layer in enumerate(self.layers):
             h = layer.norm1(x)
-            qkv = F.linear(h, layer.self_attn.in_proj.weight).view(B, T, 3, H, hd)
-            q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each [B, H, T, hd]
+            q, k, v = layer.self_attn.in_proj(h).view(B, T, 3, H, hd).permute(2, 0, 3, 1, 4)
             a = self_attention(i, q, k, v)
-            x = x + F.linear(a.transpose(1, 2).reshape(B, T, D), layer.self_attn.out_proj.weight)
-            if cfg.conditioning == "cross":
+            x = x + layer.self_attn.out_proj(a.transpose(1, 2).reshape(B, T, D))
+            if cross_attention is not None:
                 h = layer.norm_cross(x)
-                q = F.linear(h, layer.cross_attn.in_proj.weight[:D]).view(B, T, H, hd).transpose(1, 2)
-                a = F.scaled_dot_product_attention(
-                    q, cache.cross_k[i], cache.cross_v[i], attn_mask=cache.cross_bias
-                )
-                x = x + F.linear(a.transpose(1, 2).reshape(B, T, D), layer.cross_attn.out_proj.weight)
+                if training:  # the module whole, so that adapters around it take part
+                    q = layer.cross_attn.in_proj(h)[..., :D]
+                else:
+                    q = F.linear(h, layer.cross_attn.in_proj.weight[:D])
+                a = cross_attention(i, q.reshape(B, T, H, hd).transpose(1, 2))
+                x = x + layer.cross_attn.out_proj(a.transpose(1, 2).reshape(B, T, D))
             h = layer.norm2(x)
             x = x + layer.ff2(F.gelu(layer.ff1(h)))
-        x = self.out_norm(x[:, -1])
-        return self.heads(x).view(B, cfg.num_codebooks, cfg.card)
+        return x
 
     def new_cache(self, batch: int, max_len: int) -> KVCache:
         if max_len > self.cfg.max_positions:
