@@ -206,22 +206,26 @@ class LanguageModel(nn.Module):
 
         return self.logits(self._layers(x, self_attention, self._cached_cross(cache))[:, -1])
 
-    def forward_train(
+    def forward(
         self,
         codes: torch.Tensor,
-        text: torch.Tensor | None = None,
-        text_mask: torch.Tensor | None = None,
-        prefix: torch.Tensor | None = None,
+        text_states: torch.Tensor,
+        text_mask: torch.Tensor,
+        chroma: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Teacher-forced pass over whole sequences, no cache, every projection called as a module.
+        """Teacher-forced pass over whole sequences (training): no cache, every projection called as a
+        module so that adapters wrapped around them (LoRA) and data-parallel wrappers take part.
 
-        codes: [B, K, S] laid out with the delay pattern; text [B, St, D] projected with text_mask [B, St]
-        (cross-attention models) or prefix [B, P, D] (melody models). Returns logits [B, K, S, card]: those
+        codes: [B, K, S] laid out with the delay pattern; text_states [B, St, text_dim] (T5 output) with
+        text_mask [B, St]; chroma [B, L, 12] one-hot (melody models). Returns logits [B, K, S, card]: those
         at position j predict the tokens of position j + 1.
         """
+        text = self.project_text(text_states, text_mask)
         x = self.embed_codes(codes)
-        P = 0 if prefix is None else prefix.shape[1]
-        if prefix is not None:
+        P = 0
+        if self.cfg.conditioning == "prepend":
+            prefix = torch.cat([self.project_chroma(chroma), text], dim=1)
+            P = prefix.shape[1]
             x = torch.cat([prefix.to(x.dtype), x], dim=1)
         x = x + self.positions[: x.shape[1]].to(x.dtype)
 

@@ -14,18 +14,16 @@ def test_teacher_forced_logits_equal_cached_decoding(tiny, kind):
     gen = torch.Generator().manual_seed(0)
     B, S = 2, 12
     codes = torch.randint(0, cfg.card + 1, (B, cfg.num_codebooks, S), generator=gen)
-    text = torch.randn(B, 5, cfg.dim, generator=gen)
+    states = torch.randn(B, 5, cfg.text_dim, generator=gen)
     mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]], dtype=torch.float32)
-    text = text * mask[..., None]
-    prefix = None
-    if cfg.conditioning == "prepend":
-        prefix = torch.cat([lm.project_chroma(null_chroma(B, 7)), text], dim=1)
+    chroma = null_chroma(B, 7)
     with torch.no_grad():
-        if prefix is None:
-            full = lm.forward_train(codes, text=text, text_mask=mask)
-        else:
-            full = lm.forward_train(codes, prefix=prefix)
+        full = lm(codes, states, mask, chroma)
         assert full.shape == (B, cfg.num_codebooks, S, cfg.card)
+        text = lm.project_text(states, mask)
+        prefix = None
+        if cfg.conditioning == "prepend":
+            prefix = torch.cat([lm.project_chroma(chroma), text], dim=1)
         P = 0 if prefix is None else prefix.shape[1]
         cache = lm.new_cache(B, P + S)
         if prefix is None:
