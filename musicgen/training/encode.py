@@ -1,0 +1,87 @@
+"""Segments -> the tensors training reads every epoch: EnCodec codes (and chroma for melody models).
+
+EnCodec and the chroma are frozen, so they run once per segment, not once per epoch. The result can be
+saved to one safetensors file, which is how data-parallel workers receive it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..model import MusicGen
+
+
+@dataclass
+class EncodedSet:
+    """The training set as codes.
+
+    codes: [N, K, T] int64; valid: [N] frames of real audio in each row (the rest is masked out of the
+    loss); captions: N texts; chroma: [N, L, 12] one-hot for melody models, else None.
+    """
+
+    codes: torch.Tensor
+    valid: torch.Tensor
+    captions: list[str]
+    chroma: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return self.codes.shape[0]
+
+    def subset(self, index: torch.Tensor) -> EncodedSet:
+        chroma = None if self.chroma is None else self.chroma[index]
+        return EncodedSet(
+            self.codes[index], self.valid[index], [self.captions[i] for i in index.tolist()], chroma
+        )
+
+    def save(self, path: Path) -> Path:
+        tensors = {"codes": self.codes.contiguous(), "valid": self.valid.contiguous()}
+        if self.chroma is not None:
+            tensors["chroma"] = self.chroma.contiguous()
+        save_file(tensors, str(path), metadata={"captions": json.dumps(self.captions)})
+        return path
+
+    @classmethod
+    def load(cls, path: Path) -> EncodedSet:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            captions = json.loads(f.metadata()["captions"])
+        t = load_file(str(path))
+        return cls(t["codes"], t["valid"], captions, t.get("chroma"))
+
+
+@torch.inference_mode()
+def encode_segments(model: MusicGen, segments, batch_size: int = 8) -> EncodedSet:
+    """Encodes `segments` (objects with `wav` [C, S], `valid` samples and `caption`) with the model's
+    EnCodec, and computes their chroma on melody models."""
+    hop = model.config.sample_rate // model.config.frame_rate
+    codes, chroma = [], []
+    for i in range(0, len(segments), batch_size):
+        batch = segments[i : i + batch_size]
+        wav = torch.stack([model._as_channels(s.wav, "training audio") for s in batch])  # [b, C, S]
+        codes.append(model.codec.encode(wav).cpu())
+        if model.config.is_melody:
+            from ..chroma import extract_chroma, fit_chroma
+
+            # the chroma of the real audio only: a padded tail would read as silence (bin 0)
+            per_item = [
+                fit_chroma(
+                    extract_chroma(s.wav[None, :, : s.valid], model.config.sample_rate, model.config.chroma),
+                    model.config.lm.chroma_length,
+                )
+                for s in batch
+            ]
+            chroma.append(torch.cat(per_item))
+    valid = torch.tensor([math.ceil(s.valid / hop) for s in segments], dtype=torch.long)
+    return EncodedSet(
+        codes=torch.cat(codes),
+        valid=valid,
+        captions=[s.caption for s in segments],
+        chroma=torch.cat(chroma) if chroma else None,
+    )

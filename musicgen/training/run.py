@@ -1,0 +1,156 @@
+"""One call from a dataset to a fine-tuned weights file: the path train.py and the CLI take.
+
+dataset -> segments -> EnCodec codes (once) -> training (in this process, or one process per GPU
+through torchrun when several are visible) -> one safetensors file in the format predict.py serves.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from ..errors import InvalidInputError, MusicGenError
+from ..finetuned import FineTuned, load_finetuned, save_finetuned
+from ..variants import find_variant
+from .dataset import prepare_dataset
+from .encode import EncodedSet, encode_segments
+from .loop import Trainer, TrainSettings
+
+MAX_SEGMENT_SECONDS = 30.0  # one window of the model
+
+
+class TrainingError(MusicGenError):
+    """Training could not run to the end (a worker process failed)."""
+
+
+def fine_tune(
+    dataset_path: Path,
+    model_version: str,
+    out_path: Path,
+    settings: TrainSettings = TrainSettings(),
+    *,
+    segment_seconds: float = MAX_SEGMENT_SECONDS,
+    one_same_description: str | None = None,
+    work_dir: Path | None = None,
+    device: str | None = None,
+    gpus: int | None = None,
+    log: Callable[[str], None] = print,
+) -> FineTuned:
+    """Fine-tunes `model_version` on the audio at `dataset_path` and writes the weights to `out_path`.
+
+    Every input is checked before any model is loaded. `gpus`: processes to train with (default: the
+    number of visible GPUs; more than one launches torchrun).
+    """
+    variant = find_variant(model_version)
+    if variant is None:
+        raise InvalidInputError(f"model_version {model_version!r} is not a MusicGen variant.")
+    if not 1.0 <= segment_seconds <= MAX_SEGMENT_SECONDS:
+        raise InvalidInputError(f"segment_seconds must be between 1 and 30, got {segment_seconds}.")
+    settings.check()
+    gpus = torch.cuda.device_count() if gpus is None else gpus
+    work = Path(work_dir or tempfile.mkdtemp(prefix="musicgen-train-"))
+    segments, report = prepare_dataset(
+        Path(dataset_path),
+        work / "dataset",
+        channels=2 if variant.stereo else 1,
+        segment_seconds=segment_seconds,
+        one_same_description=one_same_description,
+    )
+    log(report.summary())
+
+    from ..model import MusicGen
+
+    model = MusicGen.load(variant.name, device=device)
+    encoded = encode_segments(model, segments)
+    del segments
+    train, validation = split(encoded, settings.validation_split, settings.seed)
+    log(f"{len(train)} training segments, {len(validation) if validation else 0} for validation")
+    training_info = {"model_version": variant.name, "segment_seconds": segment_seconds, **asdict(settings)}
+
+    if gpus > 1:
+        del model
+        return _train_with_torchrun(
+            variant.name, train, validation, settings, training_info, report, out_path, work, gpus, log
+        )
+    trainer = Trainer(model, settings, variant.name, log=log)
+    trainer.fit(train, validation)
+    tuned = trainer.result(training_info, report.to_dict())
+    save_finetuned(Path(out_path), tuned)
+    return tuned
+
+
+def split(data: EncodedSet, fraction: float, seed: int) -> tuple[EncodedSet, EncodedSet | None]:
+    """A seeded random split; at least one segment stays for training."""
+    count = int(len(data) * fraction)
+    if count == 0:
+        return data, None
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
+    count = min(count, len(data) - 1)
+    return data.subset(order[count:]), data.subset(order[:count])
+
+
+def _train_with_torchrun(
+    model, train, validation, settings, training_info, report, out_path, work, gpus, log
+):
+    job = write_job(
+        work, model, model, train, validation, settings, training_info, report.to_dict(), out_path
+    )
+    log(f"training on {gpus} GPUs with torchrun")
+    run_workers(job, gpus, backend="nccl")
+    return load_finetuned(Path(out_path))
+
+
+def write_job(
+    work: Path, model: str, base_variant: str, train, validation, settings, training_info, report, out_path
+):
+    """Writes what workers need: the encoded data and one JSON job file. Returns the job's path."""
+    work.mkdir(parents=True, exist_ok=True)
+    job = {
+        "model": model,
+        "base_variant": base_variant,
+        "train": str(train.save(work / "train.safetensors")),
+        "validation": None if validation is None else str(validation.save(work / "validation.safetensors")),
+        "settings": asdict(settings),
+        "training": training_info,
+        "dataset_report": report,
+        "out": str(out_path),
+    }
+    path = work / "job.json"
+    path.write_text(json.dumps(job))
+    return path
+
+
+def run_workers(
+    job: Path,
+    processes: int,
+    backend: str,
+    extra_args: tuple[str, ...] = (),
+    extra_env: dict | None = None,
+    timeout: float | None = None,
+):
+    """Runs `python -m musicgen.training.worker job.json` in `processes` processes through torchrun."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={processes}",
+        "-m",
+        "musicgen.training.worker",
+        str(job),
+        f"--backend={backend}",
+        *extra_args,
+    ]
+    env = {**os.environ, **(extra_env or {})}
+    done = subprocess.run(cmd, env=env, timeout=timeout, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise TrainingError(f"the training workers failed (exit {done.returncode}):\n{done.stderr[-4000:]}")
+    return done
