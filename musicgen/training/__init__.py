@@ -1,0 +1,1 @@
+"""Fine-tuning MusicGen: dataset ingestion (`dataset`) and the training code built on it."""
