@@ -81,17 +81,17 @@ class TrainSettings:
                 f"gradient_accumulation must be 1..512, got {self.gradient_accumulation}",
             ),
             (
-                self.learning_rate is None or 0 < self.learning_rate < 1,
-                f"learning_rate must be in (0, 1), got {self.learning_rate}",
+                self.learning_rate is None or 1e-7 <= self.learning_rate <= 0.1,
+                f"learning_rate must be between 1e-7 and 0.1, got {self.learning_rate}",
             ),
             (self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}"),
             (
-                self.condition_dropout is None or 0 <= self.condition_dropout < 1,
-                "condition_dropout must be in [0, 1)",
+                self.condition_dropout is None or 0 <= self.condition_dropout <= 0.9,
+                f"condition_dropout must be between 0 and 0.9, got {self.condition_dropout}",
             ),
             (
-                0 <= self.validation_split < 0.5,
-                f"validation_split must be in [0, 0.5), got {self.validation_split}",
+                0 <= self.validation_split <= 0.45,
+                f"validation_split must be between 0 and 0.45, got {self.validation_split}",
             ),
         ]
         for ok, message in rules:
