@@ -97,17 +97,14 @@ def train(
     """Fine-tunes `model_version` on `dataset_path`; returns the weights file."""
     if model_version not in VARIANTS:
         raise InvalidInputError(f"model_version must be one of {', '.join(VARIANTS)}; got {model_version!r}.")
-    if dataset_path is None or not Path(dataset_path).is_file():
-        raise InvalidInputError("dataset_path: give an archive (.zip, .tar, .tar.gz) or an audio file.")
     if not 1 <= segment_seconds <= 30:
         raise InvalidInputError(f"segment_seconds must be between 1 and 30, got {segment_seconds}.")
-    if seed is None or seed == -1:
-        seed = secrets.randbelow(MAX_SEED)
-    elif not 0 <= seed <= MAX_SEED:
+    if seed is not None and seed != -1 and not 0 <= seed <= MAX_SEED:
         raise InvalidInputError(
             f"seed must be between 0 and {MAX_SEED} (or -1 for a random one), got {seed}."
         )
-    print(f"seed: {seed}")
+    if seed is None or seed == -1:
+        seed = secrets.randbelow(MAX_SEED)
     settings = TrainSettings(
         method=method,
         lora_rank=lora_rank,
@@ -122,6 +119,9 @@ def train(
         seed=seed,
     )
     settings.check()
+    if dataset_path is None or not Path(dataset_path).is_file():
+        raise InvalidInputError("dataset_path: give an archive (.zip, .tar, .tar.gz) or an audio file.")
+    print(f"seed: {seed}")
     out = (
         Path(tempfile.mkdtemp(prefix="musicgen-trained-")) / f"musicgen-{model_version}-{method}.safetensors"
     )

@@ -25,6 +25,7 @@ from .encode import EncodedSet, encode_segments
 from .loop import Trainer, TrainSettings
 
 MAX_SEGMENT_SECONDS = 30.0  # one window of the model
+MIN_LAST_SECONDS = 5.0
 
 
 class TrainingError(MusicGenError):
@@ -63,6 +64,8 @@ def fine_tune(
         channels=2 if variant.stereo else 1,
         segment_seconds=segment_seconds,
         one_same_description=one_same_description,
+        # a last piece teaches something from 5 s on; short segments keep their last half or more
+        min_last_seconds=min(MIN_LAST_SECONDS, segment_seconds / 2),
     )
     log(report.summary())
 
