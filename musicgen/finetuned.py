@@ -141,6 +141,20 @@ def save_finetuned(path: str | Path, ft: FineTuned) -> Path:
 # ---- reading ------------------------------------------------------------------------------------
 
 
+def finetuned_base(path: str | Path) -> str:
+    """The base variant named in a fine-tuned weights file, read from its header alone (cheap)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            base = (f.metadata() or {}).get("base_variant")
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a safetensors file ({e}); expected fine-tuned weights.") from e
+    if base not in VARIANTS:
+        raise CheckpointError(f"{path}: names no known base variant ({base!r}); expected fine-tuned weights.")
+    return base
+
+
 def load_finetuned(path: str | Path) -> FineTuned:
     """Reads and checks a file written by `save_finetuned`; any problem is a CheckpointError."""
     from safetensors import SafetensorError, safe_open

@@ -114,6 +114,10 @@ def make_tiny_model(kind: str = "mono", seed: int = 0):
                 if "layer_norm" in name:
                     continue
                 p.copy_(torch.randn(p.shape, generator=gen) * (1.0 / p.shape[-1] ** 0.5))
+        # EnCodec's codebooks are buffers that start at zero: random ones make the audio depend on the codes
+        for name, buffer in model.audio_encoder.named_buffers():
+            if name.endswith("codebook.embed"):
+                buffer.copy_(torch.randn(buffer.shape, generator=gen))
     model.generation_config.decoder_start_token_id = 2048
     model.generation_config.pad_token_id = 2048
     return model.eval(), tokenizer
