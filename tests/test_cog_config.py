@@ -87,7 +87,7 @@ def test_cog_yaml_keys(config):
     assert build["python_version"] == "3.11"  # a string: YAML would read 3.10 as the float 3.1
     assert build["system_packages"] == ["ffmpeg"]
     assert config["predict"] == "predict.py:Predictor"
-    assert "train" not in config  # train.py comes later
+    assert config["train"] == "train.py:train"
     # one source of truth for packages: the file the dev setup installs
     assert build["python_requirements"] == "requirements.txt"
     assert "python_packages" not in build

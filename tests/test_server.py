@@ -128,13 +128,17 @@ class Server:
 
 
 @contextlib.contextmanager
-def run_server(tmp: Path, weights_dir: Path, **extra_env: str) -> Iterator[Server]:
-    """Starts the server as the README says, waits (bounded) until it is READY, and stops it afterwards."""
+def run_server(tmp: Path, weights_dir: Path, mode: str = "predict", **extra_env: str) -> Iterator[Server]:
+    """Starts the server as the README says, waits (bounded) until it is READY, and stops it afterwards.
+
+    mode "train" serves train.py's `train` on /trainings (`--x-mode train`).
+    """
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "COG_"))}
     env.update(
         PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         COG_PREDICT_TYPE_STUB="predict.py:Predictor",
+        COG_TRAIN_TYPE_STUB="train.py:train",
         PORT=str(port),
         MUSICGEN_WEIGHTS_DIR=str(weights_dir),
         # a Hub that refuses every connection: a missing model must fail fast, never reach the network
@@ -149,7 +153,7 @@ def run_server(tmp: Path, weights_dir: Path, **extra_env: str) -> Iterator[Serve
     log = tmp / f"server-{port}.log"
     with open(log, "wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "cog.server.http", "--host", "127.0.0.1"],
+            [sys.executable, "-m", "cog.server.http", "--host", "127.0.0.1", "--x-mode", mode],
             cwd=REPO_ROOT,
             env=env,
             stdout=out,

@@ -1,0 +1,58 @@
+"""Training through the real Cog HTTP server (`--x-mode train`): an archive in, weights that predict.py serves."""
+
+import base64
+
+import pytest
+
+from musicgen.finetuned import load_finetuned
+from musicgen.tiny import save_tiny_model
+from tests.test_server import call_predict, run_server
+from tests.test_train import tone_archive
+
+
+@pytest.fixture(scope="module")
+def weights_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("weights")
+    save_tiny_model(root / "small", "mono", seed=4)
+    return root
+
+
+def test_training_through_the_server_returns_weights_that_serve(weights_dir, tmp_path, monkeypatch):
+    archive = tone_archive(tmp_path / "songs.tar.gz")
+    inputs = {
+        "dataset_path": f"data:application/gzip;base64,{base64.b64encode(archive.read_bytes()).decode()}",
+        "model_version": "small",
+        "epochs": 1,
+        "batch_size": 2,
+        "segment_seconds": 1,
+        "learning_rate": 0.003,
+        "seed": 1,
+    }
+    (tmp_path / "server").mkdir()
+    with run_server(tmp_path / "server", weights_dir, mode="train") as server:
+        done = server.request("POST", "/trainings", {"input": inputs}, timeout=300)
+        bad = server.request("POST", "/trainings", {"input": {**inputs, "method": "qlora"}}, timeout=60)
+        health = server.health()
+    assert done["status"] == "succeeded", done.get("error") or done.get("logs")
+    assert "seed: 1" in done["logs"] and "segments" in done["logs"]
+    header, payload = done["output"]["weights"].split(",", 1)
+    weights = tmp_path / "trained.safetensors"
+    weights.write_bytes(base64.b64decode(payload))
+    tuned = load_finetuned(weights)
+    assert tuned.base_variant == "small" and tuned.dataset_report["segments"] == 12
+    assert bad["status"] == "failed" and "method must be 'lora' or 'full'" in bad["error"]
+    assert health["status"] == "READY"
+
+    # the file is what predict.py takes, through setup(weights) and through replicate_weights
+    from predict import Predictor
+
+    monkeypatch.setenv("MUSICGEN_WEIGHTS_DIR", str(weights_dir))
+    base = Predictor()
+    base.setup()
+    trained = Predictor()
+    trained.setup(weights=str(weights))
+    common = {"model_version": "small", "prompt": "a pure tone number 1", "duration": 1, "seed": 0}
+    plain = call_predict(base, **common).read_bytes()
+    via_setup = call_predict(trained, **common).read_bytes()
+    via_input = call_predict(base, **common, replicate_weights=str(weights)).read_bytes()
+    assert via_setup == via_input != plain
