@@ -79,7 +79,8 @@ def fine_tune(
     training_info = {"model_version": variant.name, "segment_seconds": segment_seconds, **asdict(settings)}
 
     if gpus > 1:
-        del model
+        del model  # the workers load their own copies: hand this one's GPU memory back
+        torch.cuda.empty_cache()
         return _train_with_torchrun(
             variant.name, train, validation, settings, training_info, report, out_path, work, gpus, log
         )
