@@ -1,4 +1,4 @@
-"""`python -m musicgen generate | convert`: thin commands over the engine.
+"""`python -m musicgen generate | convert | bench`: thin commands over the engine.
 
 Every input is checked (files read, ranges, combinations) before any model is loaded, so a mistake costs
 a second, not a model load.
@@ -19,6 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_generate(sub)
     _add_convert(sub)
+    _add_bench(sub)
     args = parser.parse_args(argv)
     _quiet_libraries()
     try:
@@ -154,3 +155,20 @@ def _convert(args) -> int:
         write_audiocraft(ckpt, args.dest)
     print(json.dumps({"wrote": str(args.dest), "layout": args.to}))
     return 0
+
+
+# ---- bench ----------------------------------------------------------------------------------------
+def _add_bench(sub) -> None:
+    from .bench import add_arguments  # the standard library only: the CLI still starts fast
+
+    p = sub.add_parser(
+        "bench", help="decode speed, end-to-end time, cold start and memory: this engine vs transformers"
+    )
+    add_arguments(p)
+    p.set_defaults(run=_bench)
+
+
+def _bench(args) -> int:
+    from .bench import run_cli
+
+    return run_cli(args)

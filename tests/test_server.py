@@ -89,14 +89,14 @@ class Server:
             text = err.read()
         return json.loads(text) if text.strip() else {}
 
-    def submit(self, body: dict, headers: dict | None = None) -> dict:
-        """POST /predictions; the answer's JSON.
+    def submit(self, body: dict, headers: dict | None = None, path: str = "/predictions") -> dict:
+        """POST /predictions (or /trainings); the answer's JSON.
 
         The server runs one prediction at a time and frees its slot just after answering, so a request sent
         right after another one may be turned away (409, "At capacity"): ask again, a bounded number of times.
         """
         for _ in range(100):
-            answer = self.request("POST", "/predictions", body, headers)
+            answer = self.request("POST", path, body, headers, timeout=300)
             if not answer.get("error", "").startswith("At capacity"):
                 return answer
             time.sleep(0.05)

@@ -30,9 +30,9 @@ def test_training_through_the_server_returns_weights_that_serve(weights_dir, tmp
     }
     (tmp_path / "server").mkdir()
     with run_server(tmp_path / "server", weights_dir, mode="train") as server:
-        done = server.request("POST", "/trainings", {"input": inputs}, timeout=300)
-        bad = server.request("POST", "/trainings", {"input": {**inputs, "method": "qlora"}}, timeout=60)
-        health = server.health()
+        done = server.submit({"input": inputs}, path="/trainings")
+        bad = server.submit({"input": {**inputs, "method": "qlora"}}, path="/trainings")
+        health = server.settled_status()
     assert done["status"] == "succeeded", done.get("error") or done.get("logs")
     assert "seed: 1" in done["logs"] and "segments" in done["logs"]
     header, payload = done["output"]["weights"].split(",", 1)
@@ -41,7 +41,7 @@ def test_training_through_the_server_returns_weights_that_serve(weights_dir, tmp
     tuned = load_finetuned(weights)
     assert tuned.base_variant == "small" and tuned.dataset_report["segments"] == 12
     assert bad["status"] == "failed" and "method must be 'lora' or 'full'" in bad["error"]
-    assert health["status"] == "READY"
+    assert health == "READY"
 
     # the file is what predict.py takes, through setup(weights) and through replicate_weights
     from predict import Predictor
