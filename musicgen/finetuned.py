@@ -4,7 +4,7 @@ The file holds, in the names of `musicgen.lm.LanguageModel`, either
 
 - method "full": the language-model tensors that fine-tuning changed, in float16, or
 - method "lora": for each adapted `nn.Linear` module `M`, `M.lora_A.weight` [r, in] and `M.lora_B.weight`
-  [out, r] (float32), merged as `W += (B @ A) * (alpha / r)`. These are peft's names and shapes, so a
+  [out, r] (float16), merged as `W += (B @ A) * (alpha / r)`. These are peft's names and shapes, so a
   peft adapter maps over by renaming (`from_peft_state_dict`).
 
 and string metadata (structured values JSON-encoded, as safetensors allows only strings):
@@ -114,7 +114,9 @@ def save_finetuned(path: str | Path, ft: FineTuned) -> Path:
     problems = _problems(ft, *_layout_of_config(ft.lm_config))
     if problems:
         raise InvalidInputError(f"cannot save fine-tuned weights to {path}: {'; '.join(problems[:5])}.")
-    dtype = torch.float16 if ft.method == "full" else torch.float32
+    # half precision for both: the factors of a LoRA adapter lose nothing that matters at fp16, and the
+    # file halves (about 9 MB for `small` at rank 8); merging happens in float32
+    dtype = torch.float16
     tensors = {k: v.detach().to(device="cpu", dtype=dtype).contiguous() for k, v in ft.tensors.items()}
     meta = {
         "format": FORMAT,

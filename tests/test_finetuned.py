@@ -56,7 +56,7 @@ def manual_merge(lm: LanguageModel, ft: FineTuned) -> dict[str, torch.Tensor]:
         if name.endswith(".lora_A.weight"):
             module = name.removesuffix(".lora_A.weight")
             b = ft.tensors[f"{module}.lora_B.weight"]
-            expected[f"{module}.weight"] += (b @ a) * (ft.lora_alpha / ft.lora_rank)
+            expected[f"{module}.weight"] += (b.float() @ a.float()) * (ft.lora_alpha / ft.lora_rank)
     return expected
 
 
@@ -72,7 +72,9 @@ def test_lora_round_trip(tmp_path):
     assert back.target_modules == TARGETS and back.lm_config == CFG
     assert back.training == {"lr": 1e-4, "steps": 10} and back.dataset_report == {"clips": 3}
     assert back.tensors.keys() == ft.tensors.keys()
-    assert all(torch.equal(back.tensors[k], ft.tensors[k]) for k in ft.tensors)
+    # stored in half precision, as full fine-tunes are: half the file, nothing that matters lost
+    assert all(back.tensors[k].dtype == torch.float16 for k in ft.tensors)
+    assert all(torch.equal(back.tensors[k], ft.tensors[k].half()) for k in ft.tensors)
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata()
     assert meta["format"] == "musicgen-finetuned" and meta["format_version"] == "1"
@@ -146,7 +148,8 @@ def test_peft_adapter_maps_over_and_merges_as_peft_does(tmp_path):
     merged = peft_model.merge_and_unload().state_dict()
     assert merged.keys() == lm.state_dict().keys()
     for name, value in lm.state_dict().items():
-        torch.testing.assert_close(value, merged[name], rtol=1e-5, atol=1e-6, msg=name)
+        # our factors went through float16 on disk; peft merged its float32 ones
+        torch.testing.assert_close(value, merged[name], rtol=1e-3, atol=1e-3, msg=name)
 
 
 def test_peft_tensors_that_are_not_plain_lora_are_refused():

@@ -1,0 +1,697 @@
+"""`python -m musicgen bench`: speed and memory of this engine next to transformers' MusicGen.
+
+The models have the published architectures (`--arch small|medium|large`, `--stereo`, `--melody`) and
+random weights, so nothing is downloaded: transformers' own classes build them once, with a T5-base-sized
+text encoder and EnCodec 32 kHz's config, and `save_pretrained` writes them (with the small tokenizer of
+`musicgen.tiny`) into a cache folder that both implementations then load: same config, same weights.
+
+Every implementation is measured in its own fresh Python process. The parent reads the checkpoint's files
+once beforehand, so the page cache is warm but nothing is imported or loaded. That process measures, in
+this order (MB = 2**20 bytes; seconds are wall-clock, `time.perf_counter`):
+
+- `import_s`: importing torch, transformers and the implementation's modules.
+- `load_s`: from the checkpoint on disk to the first frame of audio (cold start) = `load_weights_s`
+  (ours: `build_model(read_checkpoint(folder))`; transformers: `from_pretrained(folder)` and the
+  tokenizer) + `first_frame_s` (a generate of one frame: text encoding, prefill, max_delay decode steps,
+  EnCodec on one frame).
+- `peak_rss_mb`: peak resident memory of the process (`getrusage` ru_maxrss) right after that: imports,
+  weights and one short generation (`import_rss_mb` is the part the imports alone take). `model_mb`: the
+  bytes of the loaded modules' parameters and buffers. `peak_rss_end_mb`: the peak after every
+  measurement below.
+- `steps_per_s`: decode steps per second of the language model's loop (one step = one forward over the
+  conditional and unconditional rows, the CFG mix, top-k sampling), with the one-time work excluded by
+  the difference method, the same for both implementations: the whole generate call is timed for
+  n1 = 10 and n2 = 10 + `--steps` decode steps, and steps_per_s = (n2 - n1) / (t2 - t1). EnCodec's
+  decode, whose cost grows with the length, is replaced by a stub returning empty audio during these
+  runs, so everything else done once per call (tokenizing, T5, the prefill, cache set-up, the stub)
+  cancels out in t2 - t1. One warm-up call comes first; t1 and t2 are each the fastest of `--repeats`
+  calls (`steps_per_s_runs`: the value each repeat's own pair gives).
+- `e2e_s_per_audio_s`: the fastest of `--repeats` complete generate calls for clips of `--seconds`
+  (text encoder + decode loop + EnCodec; `--batch` clips at once), divided by `--seconds`.
+
+A later implementation (for instance `musicgen-int8`) joins by adding an `Impl` to `IMPLS`.
+
+This module imports only the standard library at the top, so the CLI starts fast and `import_s` is honest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from .errors import MusicGenError
+from .variants import VARIANTS
+
+MB = 2**20
+SHORT_STEPS = 10  # n1 of the difference method; more than any model's max delay (3)
+_ROOT = Path(__file__).resolve().parent.parent  # holds the `musicgen` package the child processes import
+_RESULT = "BENCH-RESULT "  # prefix of the child's one line of results on stdout
+_MARKER = "bench-checkpoint.json"  # written last into a finished cache folder
+
+# sizes of the language model: (dim, layers, heads); ffn = 4 * dim. "tiny" (hidden) is musicgen.tiny's.
+ARCHS: dict[str, tuple[int, int, int]] = {
+    name: (VARIANTS[name].dim, VARIANTS[name].num_layers, VARIANTS[name].num_heads)
+    for name in ("small", "medium", "large")
+}
+ARCHS["tiny"] = (32, 2, 4)
+
+# t5-base's encoder (what the published models use), vocabulary included
+T5_BASE = dict(vocab_size=32128, d_model=768, d_kv=64, d_ff=3072, num_layers=12, num_heads=12)
+
+# transformers' config of facebook/encodec_32khz (the published models' codec)
+ENCODEC_32KHZ = dict(
+    sampling_rate=32000,
+    audio_channels=1,
+    upsampling_ratios=[8, 5, 4, 4],
+    num_filters=64,
+    hidden_size=128,
+    codebook_size=2048,
+    codebook_dim=128,
+    target_bandwidths=[2.2],
+    num_lstm_layers=2,
+    num_residual_layers=1,
+    normalize=False,
+    chunk_length_s=None,
+    overlap=None,
+    use_causal_conv=False,
+    norm_type="weight_norm",
+    residual_kernel_size=3,
+    compress=2,
+    dilation_growth_rate=2,
+    kernel_size=7,
+    last_kernel_size=7,
+    pad_mode="reflect",
+    trim_right_ratio=1.0,
+    use_conv_shortcut=False,
+)
+
+PROMPT = "lo-fi hip hop beat with warm piano and soft drums"  # words the tiny tokenizer knows
+
+
+class BenchError(MusicGenError):
+    """A benchmark step failed."""
+
+
+@dataclass(frozen=True)
+class CheckpointSpec:
+    """Which random checkpoint to build."""
+
+    arch: str
+    stereo: bool = False
+    melody: bool = False
+    seed: int = 0
+
+    @property
+    def name(self) -> str:
+        return "-".join(
+            [self.arch, *(["stereo"] if self.stereo else []), *(["melody"] if self.melody else [])]
+        )
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What every implementation is asked to do."""
+
+    batch: int = 1
+    steps: int = 100
+    repeats: int = 3
+    seconds: float = 2.0
+    top_k: int = 250
+    cfg: float = 3.0
+    seed: int = 0  # of the sampling (both implementations draw from seeded generators)
+    device: str = "cpu"
+    threads: int | None = None
+    prompt: str = PROMPT
+
+
+# ---- implementations ------------------------------------------------------------------------------
+class Runner(Protocol):
+    """A loaded model, behind the calls the bench times."""
+
+    max_delay: int  # decode steps for F frames: F + max_delay
+    frame_rate: int
+
+    def generate(self, frames: int, settings: Settings) -> None:
+        """One complete generate call of `settings.batch` clips of `frames` frames; returns when done."""
+
+    def codec(self):
+        """The transformers `EncodecModel` that turns codes into audio (stubbed for the decode-speed runs)."""
+
+    def modules(self) -> list:
+        """The torch modules it holds (for their size in memory)."""
+
+
+@dataclass(frozen=True)
+class Impl:
+    """An implementation: what it imports (timed apart) and how it loads a checkpoint folder."""
+
+    imports: Callable[[], None]
+    load: Callable[[Path, str], Runner]
+
+
+def _import_musicgen() -> None:
+    import torch  # noqa: F401
+    from transformers import AutoTokenizer, EncodecModel, T5EncoderModel  # noqa: F401  (build_model's)
+
+    from . import loading, model  # noqa: F401
+
+
+class _MusicgenRunner:
+    def __init__(self, model):
+        self.model = model
+        self.max_delay = model.config.lm.max_delay
+        self.frame_rate = model.config.frame_rate
+
+    def generate(self, frames: int, settings: Settings) -> None:
+        from .sampling import SamplingParams
+
+        sampling = SamplingParams(top_k=settings.top_k, cfg_coef=settings.cfg)
+        # generate() takes seconds and keeps int(duration * rate) frames: half a frame more rounds safely
+        duration = (frames + 0.5) / self.frame_rate
+        self.model.generate(
+            [settings.prompt] * settings.batch, duration=duration, sampling=sampling, seed=settings.seed
+        )
+        _sync(settings.device)  # generate() returns CPU tensors already; kept for symmetry
+
+    def codec(self):
+        return self.model.codec.model
+
+    def modules(self) -> list:
+        return [self.model.lm, self.model.text.model, self.model.codec.model]
+
+
+def _load_musicgen(folder: Path, device: str) -> Runner:
+    from .loading import build_model, read_checkpoint
+
+    return _MusicgenRunner(build_model(read_checkpoint(folder), device))
+
+
+def _import_transformers() -> None:
+    import torch  # noqa: F401
+    from transformers import (  # noqa: F401
+        AutoTokenizer,
+        MusicgenForConditionalGeneration,
+        MusicgenMelodyForConditionalGeneration,
+    )
+
+
+class _TransformersRunner:
+    def __init__(self, model, tokenizer, device: str):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.device = device
+        dec = model.decoder.config
+        self.max_delay = dec.num_codebooks // dec.audio_channels - 1
+        audio = model.config.audio_encoder
+        self.frame_rate = audio.sampling_rate // _product(audio.upsampling_ratios)
+
+    def generate(self, frames: int, settings: Settings) -> None:
+        import torch
+
+        inputs = self.tokenizer([settings.prompt] * settings.batch, return_tensors="pt", padding=True)
+        torch.manual_seed(settings.seed)
+        self.model.generate(
+            **inputs.to(self.device),
+            do_sample=True,
+            top_k=settings.top_k,
+            guidance_scale=settings.cfg,
+            max_new_tokens=frames + self.max_delay,  # as many decode steps as ours for `frames` frames
+        )
+        _sync(settings.device)
+
+    def codec(self):
+        return self.model.audio_encoder
+
+    def modules(self) -> list:
+        return [self.model]
+
+
+def _load_transformers(folder: Path, device: str) -> Runner:
+    from transformers import (
+        AutoTokenizer,
+        MusicgenForConditionalGeneration,
+        MusicgenMelodyForConditionalGeneration,
+    )
+
+    melody = json.loads((folder / "config.json").read_text())["model_type"] == "musicgen_melody"
+    cls = MusicgenMelodyForConditionalGeneration if melody else MusicgenForConditionalGeneration
+    model = cls.from_pretrained(folder).to(device).eval()
+    return _TransformersRunner(model, AutoTokenizer.from_pretrained(folder), device)
+
+
+# implementation name -> how to import and load it; `--impl` chooses among these (all by default)
+IMPLS: dict[str, Impl] = {
+    "musicgen": Impl(_import_musicgen, _load_musicgen),
+    "transformers": Impl(_import_transformers, _load_transformers),
+}
+
+
+# ---- the random checkpoints -----------------------------------------------------------------------
+def make_model(spec: CheckpointSpec):
+    """transformers' MusicGen model of `spec` with random weights, and the tiny tokenizer.
+
+    Scaled as `musicgen.tiny` does: decoder weights ~ N(0, 1/fan_in) so that logits are far from uniform,
+    and random EnCodec codebooks (zeros by default) so that the audio depends on the codes.
+    """
+    import torch
+    from transformers import (
+        EncodecConfig,
+        MusicgenConfig,
+        MusicgenDecoderConfig,
+        MusicgenForConditionalGeneration,
+        MusicgenMelodyConfig,
+        MusicgenMelodyDecoderConfig,
+        MusicgenMelodyForConditionalGeneration,
+        T5Config,
+    )
+
+    from .tiny import make_tiny_model, make_tokenizer
+
+    if spec.arch == "tiny":
+        kind = "-".join(["stereo"] * spec.stereo + ["melody"] * spec.melody) or "mono"
+        return make_tiny_model(kind, spec.seed)
+    dim, layers, heads = ARCHS[spec.arch]
+    tokenizer = make_tokenizer()
+    text = T5Config(**T5_BASE)
+    audio = EncodecConfig(**ENCODEC_32KHZ)
+    dec_args = dict(
+        vocab_size=2048,
+        hidden_size=dim,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        ffn_dim=4 * dim,
+        num_codebooks=8 if spec.stereo else 4,
+        audio_channels=2 if spec.stereo else 1,
+        max_position_embeddings=2048,
+        pad_token_id=2048,
+        bos_token_id=2048,
+    )
+    torch.manual_seed(spec.seed)
+    if spec.melody:
+        config = MusicgenMelodyConfig(
+            text_encoder=text.to_dict(),
+            audio_encoder=audio.to_dict(),
+            decoder=MusicgenMelodyDecoderConfig(**dec_args).to_dict(),
+            num_chroma=12,
+            chroma_length=235,
+        )
+        model = MusicgenMelodyForConditionalGeneration(config)
+    else:
+        config = MusicgenConfig(
+            text_encoder=text.to_dict(),
+            audio_encoder=audio.to_dict(),
+            decoder=MusicgenDecoderConfig(**dec_args).to_dict(),
+        )
+        model = MusicgenForConditionalGeneration(config)
+    gen = torch.Generator().manual_seed(spec.seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if (name.startswith("decoder.") or "enc_to_dec_proj" in name) and "layer_norm" not in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * (1.0 / p.shape[-1] ** 0.5))
+        for name, buffer in model.audio_encoder.named_buffers():
+            if name.endswith("codebook.embed"):
+                buffer.copy_(torch.randn(buffer.shape, generator=gen))
+    model.generation_config.decoder_start_token_id = 2048
+    model.generation_config.pad_token_id = 2048
+    return model.eval(), tokenizer
+
+
+def build_checkpoint(spec: CheckpointSpec, folder: Path) -> None:
+    """Builds `spec` and writes it to `folder` in transformers' layout; the marker file comes last."""
+    model, tokenizer = make_model(spec)
+    params = {
+        part: sum(p.numel() for p in getattr(model, part).parameters())
+        for part in ("decoder", "text_encoder", "audio_encoder")
+    }
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    (folder / _MARKER).write_text(json.dumps({"spec": asdict(spec), "params": params}))
+
+
+def ensure_checkpoint(spec: CheckpointSpec, cache: Path) -> Path:
+    """The folder of `spec` under `cache`, built (in a child process) unless a finished one is there."""
+    folder = cache / f"{spec.name}-seed{spec.seed}"
+    if _finished(folder, spec):
+        return folder
+    partial = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.rmtree(folder, ignore_errors=True)
+    partial.mkdir(parents=True)
+    _log(f"building the {spec.name} checkpoint with random weights in {folder} ...")
+    _run_child({"task": "build", "spec": asdict(spec), "folder": str(partial)})
+    partial.rename(folder)
+    return folder
+
+
+def _finished(folder: Path, spec: CheckpointSpec) -> bool:
+    try:
+        return json.loads((folder / _MARKER).read_text())["spec"] == asdict(spec)
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+def checkpoint_info(folder: Path) -> dict[str, Any]:
+    """Size on disk of the weight files, and the parameter counts the builder recorded."""
+    weights = sum(f.stat().st_size for f in folder.glob("*.safetensors"))
+    params = json.loads((folder / _MARKER).read_text())["params"]
+    return {
+        "weights_mb": round(weights / MB, 1),
+        "lm_params_m": round(params["decoder"] / 1e6, 1),
+        "total_params_m": round(sum(params.values()) / 1e6, 1),
+    }
+
+
+def _warm_file_cache(folder: Path) -> None:
+    """Reads every file once, so each child finds them in the page cache (warm, like a second start)."""
+    for f in sorted(folder.iterdir()):
+        if f.is_file():
+            with f.open("rb") as fh:
+                while fh.read(64 * MB):
+                    pass
+
+
+# ---- measuring, in a fresh process ----------------------------------------------------------------
+def measure(impl_name: str, folder: Path, settings: Settings, process_start: float) -> dict[str, Any]:
+    """All the measurements of one implementation; call it in a fresh process (see the module doc)."""
+    import resource
+
+    started = _now()
+    loadavg = os.getloadavg()[0]
+    impl = IMPLS[impl_name]
+    impl.imports()
+    import torch
+
+    import_s = time.perf_counter() - process_start
+    import_rss = _peak_rss_mb(resource)
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+
+    t = time.perf_counter()
+    runner = impl.load(folder, settings.device)
+    load_weights_s = time.perf_counter() - t
+    first_frame_s = _timed(runner, 1, settings)
+    peak_rss = _peak_rss_mb(resource)
+    model_mb = _module_bytes(runner.modules()) / MB
+
+    # decode loop: difference of two lengths, EnCodec stubbed in both (see the module doc)
+    n1, n2 = SHORT_STEPS, SHORT_STEPS + settings.steps
+    with _stub_decode(runner.codec()):
+        _timed(runner, n1 - runner.max_delay, settings)  # warm-up
+        t1s, t2s = [], []
+        for _ in range(settings.repeats):
+            t1s.append(_timed(runner, n1 - runner.max_delay, settings))
+            t2s.append(_timed(runner, n2 - runner.max_delay, settings))
+    steps_per_s = _rate(n2 - n1, min(t2s) - min(t1s))
+    runs = [_rate(n2 - n1, b - a) for a, b in zip(t1s, t2s, strict=True)]
+
+    frames = round(settings.seconds * runner.frame_rate)
+    _timed(runner, frames, settings)  # warm-up: EnCodec's first call at a new length is slow on CPU
+    e2e = [_timed(runner, frames, settings) for _ in range(settings.repeats)]
+    record = {
+        "impl": impl_name,
+        "batch": settings.batch,
+        "steps_per_s": steps_per_s,
+        "e2e_s_per_audio_s": round(min(e2e) / settings.seconds, 4),
+        "load_s": round(load_weights_s + first_frame_s, 3),
+        "peak_rss_mb": round(peak_rss, 1),
+        "model_mb": round(model_mb, 1),
+        "import_s": round(import_s, 3),
+        "load_weights_s": round(load_weights_s, 3),
+        "first_frame_s": round(first_frame_s, 3),
+        "import_rss_mb": round(import_rss, 1),
+        "peak_rss_end_mb": round(_peak_rss_mb(resource), 1),
+        "steps": n2 - n1,
+        "steps_per_s_runs": runs,
+        "decode_t1_s": round(min(t1s), 4),
+        "decode_t2_s": round(min(t2s), 4),
+        "seconds": settings.seconds,
+        "e2e_s": round(min(e2e), 3),
+        "repeats": settings.repeats,
+        "top_k": settings.top_k,
+        "cfg": settings.cfg,
+        "device": settings.device,
+        "torch_threads": torch.get_num_threads(),
+        "started": started,
+        "finished": _now(),
+        "loadavg_1m_at_start": round(loadavg, 2),
+    }
+    if settings.device.startswith("cuda"):
+        record["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / MB, 1)
+    return record
+
+
+def _timed(runner: Runner, frames: int, settings: Settings) -> float:
+    t = time.perf_counter()
+    runner.generate(frames, settings)
+    return time.perf_counter() - t
+
+
+def _rate(steps: int, seconds: float) -> float | None:
+    """steps / seconds; None when noise made the difference of times not positive."""
+    return round(steps / seconds, 3) if seconds > 0 else None
+
+
+@contextlib.contextmanager
+def _stub_decode(encodec) -> Iterator[None]:
+    """Replaces `encodec.decode` (transformers' EncodecModel, used by both implementations) by one that
+    returns empty audio, so that the decode-speed runs do no EnCodec work whose cost grows with length."""
+    import torch
+
+    def stub(codes, *args, **kwargs):
+        # codes [1, B, K, T] -> audio_values [B, 1, 0]; both callers read only `.audio_values`
+        return argparse.Namespace(audio_values=torch.zeros(codes.shape[1], 1, 0, device=codes.device))
+
+    encodec.decode = stub  # an instance attribute hides the method
+    try:
+        yield
+    finally:
+        del encodec.decode
+
+
+def _module_bytes(modules: list) -> int:
+    """Bytes of the parameters and buffers of `modules`, each tensor counted once (tied ones too)."""
+    seen, total = set(), 0
+    for module in modules:
+        for t in [*module.parameters(), *module.buffers()]:
+            key = (t.device, t.data_ptr())
+            if key not in seen:
+                seen.add(key)
+                total += t.numel() * t.element_size()
+    return total
+
+
+def _peak_rss_mb(resource) -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux gives KiB
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def _product(values) -> int:
+    out = 1
+    for v in values:
+        out *= v
+    return out
+
+
+def _now() -> str:
+    return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def _log(message: str) -> None:
+    print(f"[{_now()}] {message}", file=sys.stderr, flush=True)
+
+
+# ---- child processes ------------------------------------------------------------------------------
+_CHILD = (
+    "import time\n_t0 = time.perf_counter()\nimport sys\nsys.path.insert(0, {root!r})\n"
+    "from musicgen.bench import child_main\nchild_main(sys.argv[1], _t0)\n"
+)
+
+
+def _run_child(job: dict[str, Any]) -> dict[str, Any] | None:
+    """Runs `job` in a fresh Python process; returns the result it printed (None for a build)."""
+    env = dict(os.environ)
+    env.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    env.setdefault("HF_HUB_OFFLINE", "1")  # everything is local; never wait on the network
+    env.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' loading bars too
+    proc = subprocess.run(
+        [sys.executable, "-c", _CHILD.format(root=str(_ROOT)), json.dumps(job)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    lines = [line for line in proc.stdout.splitlines() if line.startswith(_RESULT)]
+    if proc.returncode != 0 or not lines:
+        sys.stderr.write(proc.stdout)
+        raise BenchError(
+            f"the {job['task']} step ({job.get('impl', job.get('spec'))}) failed in its subprocess "
+            f"(exit code {proc.returncode}); its output is above."
+        )
+    return json.loads(lines[-1][len(_RESULT) :])
+
+
+def child_main(job_json: str, process_start: float) -> None:
+    """Entry point of the child processes (see `_CHILD`)."""
+    job = json.loads(job_json)
+    if job["task"] == "build":
+        build_checkpoint(CheckpointSpec(**job["spec"]), Path(job["folder"]))
+        result = None
+    else:
+        result = measure(job["impl"], Path(job["folder"]), Settings(**job["settings"]), process_start)
+    print(_RESULT + json.dumps(result), flush=True)
+
+
+# ---- the command ----------------------------------------------------------------------------------
+def run_bench(
+    spec: CheckpointSpec,
+    settings: Settings,
+    impls: list[str],
+    cache: Path | None = None,
+    on_record: Callable[[dict[str, Any]], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Builds (or reuses) the checkpoint of `spec`, then measures each implementation in a fresh process.
+
+    cache: folder that keeps the checkpoints between runs; None: a temporary folder, removed at the end.
+    on_record: called with each implementation's record as soon as it is measured.
+    """
+    temporary = cache is None
+    root = Path(tempfile.mkdtemp(prefix="musicgen-bench-")) if temporary else Path(cache)
+    try:
+        folder = ensure_checkpoint(spec, root)
+        common = {
+            "arch": spec.arch,
+            "stereo": spec.stereo,
+            "melody": spec.melody,
+            **checkpoint_info(folder),
+            "checkpoint": str(folder),
+        }
+        records = []
+        for name in impls:
+            _warm_file_cache(folder)
+            _log(f"measuring {name} on {spec.name} ...")
+            record = _run_child(
+                {"task": "measure", "impl": name, "folder": str(folder), "settings": asdict(settings)}
+            )
+            record = {"impl": record.pop("impl"), **common, **record}
+            records.append(record)
+            if on_record is not None:
+                on_record(record)
+        return records
+    finally:
+        if temporary:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+_COLUMNS = [
+    ("impl", "impl", "{}"),
+    ("arch", "arch", "{}"),
+    ("batch", "batch", "{}"),
+    ("steps_per_s", "steps/s", "{:.2f}"),
+    ("e2e_s_per_audio_s", "e2e s per audio s", "{:.3f}"),
+    ("load_s", "load s", "{:.2f}"),
+    ("import_s", "import s", "{:.2f}"),
+    ("peak_rss_mb", "peak RSS MB", "{:.0f}"),
+    ("model_mb", "in memory MB", "{:.0f}"),
+    ("weights_mb", "on disk MB", "{:.0f}"),
+    ("torch_threads", "threads", "{}"),
+]
+
+
+def format_table(records: list[dict[str, Any]]) -> str:
+    """The records as a table with aligned columns."""
+    header = [title for _, title, _ in _COLUMNS]
+    rows = [
+        [("-" if r.get(key) is None else fmt.format(r[key])) for key, _, fmt in _COLUMNS] for r in records
+    ]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    lines = [
+        "  ".join(
+            cell.rjust(w) if i > 1 else cell.ljust(w)
+            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+        )
+        for row in [header, *rows]
+    ]
+    return "\n".join(lines)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of `python -m musicgen bench`."""
+    p.add_argument(
+        "--arch",
+        default="small",
+        choices=list(ARCHS),
+        metavar="{small,medium,large}",
+        help="language-model size of the published models (default small)",
+    )
+    p.add_argument("--stereo", action="store_true", help="8 codebooks, 2 audio channels")
+    p.add_argument("--melody", action="store_true", help="melody architecture (conditioning prepended)")
+    p.add_argument(
+        "--impl", action="append", choices=list(IMPLS), help=f"repeatable; default: all ({', '.join(IMPLS)})"
+    )
+    p.add_argument("--batch", type=int, default=1, help="clips per generate call (default 1)")
+    p.add_argument("--steps", type=int, default=100, help="decode steps timed for steps/s (default 100)")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per measurement; the best counts")
+    p.add_argument("--seconds", type=float, default=2.0, help="audio per clip of the end-to-end run")
+    p.add_argument("--top-k", type=int, default=250)
+    p.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance scale")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda...")
+    p.add_argument("--threads", type=int, help="torch threads in each measuring process (default: torch's)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights")
+    p.add_argument("--cache", type=Path, help="keep the built checkpoints here and reuse them")
+    p.add_argument("--json", action="store_true", help="one JSON object per implementation and line")
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    """`python -m musicgen bench` with parsed `args`."""
+    from .errors import InvalidInputError
+
+    if args.batch < 1 or args.steps < 1 or args.repeats < 1:
+        raise InvalidInputError("--batch, --steps and --repeats must be at least 1.")
+    if not args.seconds > 0:
+        raise InvalidInputError("--seconds must be positive.")
+    if args.threads is not None and args.threads < 1:
+        raise InvalidInputError("--threads must be at least 1.")
+    spec = CheckpointSpec(args.arch, args.stereo, args.melody, args.seed)
+    settings = Settings(
+        batch=args.batch,
+        steps=args.steps,
+        repeats=args.repeats,
+        seconds=args.seconds,
+        top_k=args.top_k,
+        cfg=args.cfg,
+        device=args.device,
+        threads=args.threads,
+    )
+    impls = list(dict.fromkeys(args.impl or IMPLS))
+
+    def emit(record):
+        if args.json:
+            print(json.dumps(record), flush=True)
+
+    records = run_bench(spec, settings, impls, args.cache, on_record=emit)
+    if not args.json:
+        first = records[0]
+        print(
+            f"{spec.name}: LM {first['lm_params_m']}M parameters ({first['total_params_m']}M in all), "
+            f"{first['weights_mb']} MB of weights on disk; batch {settings.batch}, CFG {settings.cfg}, "
+            f"top-k {settings.top_k}, {first['device']}, {first['torch_threads']} torch threads"
+        )
+        print(format_table(records))
+    return 0

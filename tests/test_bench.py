@@ -1,0 +1,91 @@
+"""`python -m musicgen bench` on the hidden tiny architecture: every field there, for both implementations.
+
+No timing is asserted: only that the machinery runs and reports positive numbers.
+"""
+
+import json
+
+import pytest
+
+from musicgen import bench
+from musicgen.cli import main
+
+FIELDS = (
+    "impl",
+    "arch",
+    "batch",
+    "steps_per_s",
+    "e2e_s_per_audio_s",
+    "load_s",
+    "peak_rss_mb",
+    "weights_mb",
+    "model_mb",
+    "import_s",
+    "torch_threads",
+)
+POSITIVE = (
+    "steps_per_s",
+    "e2e_s_per_audio_s",
+    "load_s",
+    "peak_rss_mb",
+    "weights_mb",
+    "model_mb",
+    "import_s",
+    "load_weights_s",
+    "first_frame_s",
+    "torch_threads",
+)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """A cache folder holding the tiny stereo checkpoint, built here (no build subprocess to wait for)."""
+    root = tmp_path_factory.mktemp("bench-cache")
+    spec = bench.CheckpointSpec("tiny", stereo=True)
+    folder = root / f"{spec.name}-seed{spec.seed}"
+    folder.mkdir()
+    bench.build_checkpoint(spec, folder)
+    return root
+
+
+def test_json_lines_for_both_implementations(cache, capsys):
+    args = ["bench", "--arch", "tiny", "--stereo", "--json", "--cache", str(cache)]
+    assert main([*args, "--steps", "40", "--repeats", "2", "--seconds", "0.2", "--threads", "1"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
+    records = [json.loads(line) for line in lines]
+    assert [r["impl"] for r in records] == ["musicgen", "transformers"]
+    for r in records:
+        assert all(field in r for field in FIELDS), r
+        assert r["arch"] == "tiny" and r["stereo"] is True and r["batch"] == 1
+        assert r["steps"] == 40 and r["repeats"] == 2 and r["torch_threads"] == 1
+        for field in POSITIVE:
+            assert isinstance(r[field], (int, float)) and r[field] > 0, (field, r[field])
+        assert r["peak_rss_mb"] >= r["import_rss_mb"]
+    # the same files for both: same size on disk, same tensors in memory
+    assert records[0]["weights_mb"] == records[1]["weights_mb"]
+    assert records[0]["checkpoint"] == records[1]["checkpoint"]
+
+    table = bench.format_table(records)
+    assert "steps/s" in table and "musicgen" in table and "transformers" in table
+
+
+def test_a_finished_checkpoint_is_reused(cache, monkeypatch):
+    def no_child(job):
+        raise AssertionError(f"rebuilt: {job}")
+
+    monkeypatch.setattr(bench, "_run_child", no_child)
+    folder = bench.ensure_checkpoint(bench.CheckpointSpec("tiny", stereo=True), cache)
+    assert (folder / "config.json").is_file()
+    assert bench.checkpoint_info(folder)["weights_mb"] > 0
+
+
+def test_every_implementation_has_a_loader():
+    assert {"musicgen", "transformers"} <= set(bench.IMPLS)
+    for impl in bench.IMPLS.values():
+        assert callable(impl.imports) and callable(impl.load)
+
+
+def test_bad_options_fail_before_any_work(capsys, monkeypatch):
+    monkeypatch.setattr(bench, "run_bench", lambda *a, **k: pytest.fail("ran"))
+    assert main(["bench", "--arch", "tiny", "--steps", "0"]) == 2
+    assert "--steps" in capsys.readouterr().err
