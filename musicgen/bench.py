@@ -405,7 +405,9 @@ def measure(impl_name: str, folder: Path, settings: Settings, process_start: flo
     peak_rss = _peak_rss_mb(resource)
     model_mb = _module_bytes(runner.modules()) / MB
 
-    # decode loop: difference of two lengths, EnCodec stubbed in both (see the module doc)
+    # decode loop, by the difference method for both implementations (see the module doc): whole generate
+    # calls of n1 and n2 steps, EnCodec stubbed. Fixed costs cancel, transformers' one extra decoder forward
+    # per call too (it runs max_new_tokens + 1 forwards; ours runs as many forwards as steps).
     n1, n2 = SHORT_STEPS, SHORT_STEPS + settings.steps
     with _stub_decode(runner.codec()):
         _timed(runner, n1 - runner.max_delay, settings)  # warm-up
@@ -416,14 +418,15 @@ def measure(impl_name: str, folder: Path, settings: Settings, process_start: flo
     steps_per_s = _rate(n2 - n1, min(t2s) - min(t1s))
     runs = [_rate(n2 - n1, b - a) for a, b in zip(t1s, t2s, strict=True)]
 
-    frames = round(settings.seconds * runner.frame_rate)
+    frames = max(1, round(settings.seconds * runner.frame_rate))
+    audio_s = frames / runner.frame_rate  # --seconds, to the frame
     _timed(runner, frames, settings)  # warm-up: EnCodec's first call at a new length is slow on CPU
     e2e = [_timed(runner, frames, settings) for _ in range(settings.repeats)]
     record = {
         "impl": impl_name,
         "batch": settings.batch,
         "steps_per_s": steps_per_s,
-        "e2e_s_per_audio_s": round(min(e2e) / settings.seconds, 4),
+        "e2e_s_per_audio_s": round(min(e2e) / audio_s, 4),
         "load_s": round(load_weights_s + first_frame_s, 3),
         "peak_rss_mb": round(peak_rss, 1),
         "model_mb": round(model_mb, 1),
@@ -436,7 +439,7 @@ def measure(impl_name: str, folder: Path, settings: Settings, process_start: flo
         "steps_per_s_runs": runs,
         "decode_t1_s": round(min(t1s), 4),
         "decode_t2_s": round(min(t2s), 4),
-        "seconds": settings.seconds,
+        "seconds": audio_s,
         "e2e_s": round(min(e2e), 3),
         "repeats": settings.repeats,
         "top_k": settings.top_k,
@@ -540,9 +543,10 @@ def _run_child(job: dict[str, Any]) -> dict[str, Any] | None:
     lines = [line for line in proc.stdout.splitlines() if line.startswith(_RESULT)]
     if proc.returncode != 0 or not lines:
         sys.stderr.write(proc.stdout)
+        killed = " (killed by a signal: out of memory?)" if proc.returncode < 0 else ""
         raise BenchError(
             f"the {job['task']} step ({job.get('impl', job.get('spec'))}) failed in its subprocess "
-            f"(exit code {proc.returncode}); its output is above."
+            f"(exit code {proc.returncode}{killed}); its output is above."
         )
     return json.loads(lines[-1][len(_RESULT) :])
 
@@ -570,6 +574,7 @@ def run_bench(
 
     cache: folder that keeps the checkpoints between runs; None: a temporary folder, removed at the end.
     on_record: called with each implementation's record as soon as it is measured.
+    An implementation whose process fails gets a record with `error` instead of measurements.
     """
     temporary = cache is None
     root = Path(tempfile.mkdtemp(prefix="musicgen-bench-")) if temporary else Path(cache)
@@ -586,9 +591,12 @@ def run_bench(
         for name in impls:
             _warm_file_cache(folder)
             _log(f"measuring {name} on {spec.name} ...")
-            record = _run_child(
-                {"task": "measure", "impl": name, "folder": str(folder), "settings": asdict(settings)}
-            )
+            job = {"task": "measure", "impl": name, "folder": str(folder), "settings": asdict(settings)}
+            try:
+                record = _run_child(job)
+            except BenchError as e:  # the other implementations still get measured
+                _log(str(e))
+                record = {"impl": name, "error": str(e)}
             record = {"impl": record.pop("impl"), **common, **record}
             records.append(record)
             if on_record is not None:
@@ -691,7 +699,11 @@ def run_cli(args: argparse.Namespace) -> int:
         print(
             f"{spec.name}: LM {first['lm_params_m']}M parameters ({first['total_params_m']}M in all), "
             f"{first['weights_mb']} MB of weights on disk; batch {settings.batch}, CFG {settings.cfg}, "
-            f"top-k {settings.top_k}, {first['device']}, {first['torch_threads']} torch threads"
+            f"top-k {settings.top_k}, {settings.device}; steps/s over {settings.steps} steps, "
+            f"end to end for {settings.seconds} s clips, best of {settings.repeats}"
         )
         print(format_table(records))
-    return 0
+        for r in records:
+            if "error" in r:
+                print(f"{r['impl']}: {r['error']}")
+    return 1 if any("error" in r for r in records) else 0
