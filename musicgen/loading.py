@@ -91,8 +91,9 @@ def _text_encoder(ckpt: Checkpoint):
     cfg = ckpt.config
     if ckpt.text_encoder_state is not None and cfg.text_encoder is not None:
         t5_cfg = T5Config(**{k: v for k, v in cfg.text_encoder.items() if k != "model_type"})
-        model = T5EncoderModel(t5_cfg)
-        missing, unexpected = model.load_state_dict(ckpt.text_encoder_state, strict=False)
+        with torch.device("meta"):  # no random initialisation: the checkpoint's tensors are used as they are
+            model = T5EncoderModel(t5_cfg)
+        missing, unexpected = model.load_state_dict(ckpt.text_encoder_state, strict=False, assign=True)
         # T5 ties encoder.embed_tokens to shared; files may hold only one of them
         if unexpected or any(k not in ("encoder.embed_tokens.weight", "shared.weight") for k in missing):
             raise CheckpointError(
@@ -101,6 +102,7 @@ def _text_encoder(ckpt: Checkpoint):
             )
         if missing:
             model.tie_weights()
+        _check_materialised(model, ckpt.source, "text encoder")
         tok_source = ckpt.tokenizer_dir
     else:
         from .weights import resolve_pretrained
@@ -129,9 +131,10 @@ def _codec(ckpt: Checkpoint):
 
     cfg = ckpt.config
     if ckpt.codec_state is not None and cfg.codec is not None:
+        # built for real, not on the meta device: EnCodec keeps layer geometry in buffers no checkpoint holds
         model = EncodecModel(EncodecConfig(**{k: v for k, v in cfg.codec.items() if k != "model_type"}))
         try:
-            model.load_state_dict(ckpt.codec_state, strict=True)
+            model.load_state_dict(ckpt.codec_state, strict=True, assign=True)
         except RuntimeError as e:
             raise CheckpointError(f"{ckpt.source}: the codec weights do not fit its config ({e}).") from e
     else:
@@ -181,3 +184,10 @@ def bundle_submodels(ckpt: Checkpoint) -> Checkpoint:
         codec_state=codec.state_dict(),
         tokenizer_dir=tokenizer_dir,
     )
+
+
+def _check_materialised(model: torch.nn.Module, source: str, what: str) -> None:
+    """A module built on the meta device must have received every tensor from the checkpoint."""
+    empty = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.device.type == "meta"]
+    if empty:
+        raise CheckpointError(f"{source}: the {what} weights lack {empty[:3]}.")
