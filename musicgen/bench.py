@@ -265,67 +265,25 @@ def make_model(spec: CheckpointSpec):
     Scaled as `musicgen.tiny` does: decoder weights ~ N(0, 1/fan_in) so that logits are far from uniform,
     and random EnCodec codebooks (zeros by default) so that the audio depends on the codes.
     """
-    import torch
-    from transformers import (
-        EncodecConfig,
-        MusicgenConfig,
-        MusicgenDecoderConfig,
-        MusicgenForConditionalGeneration,
-        MusicgenMelodyConfig,
-        MusicgenMelodyDecoderConfig,
-        MusicgenMelodyForConditionalGeneration,
-        T5Config,
-    )
+    from transformers import EncodecConfig, T5Config
 
-    from .tiny import make_tiny_model, make_tokenizer
+    from .tiny import make_tiny_model, make_tokenizer, random_model
 
     if spec.arch == "tiny":
         kind = "-".join(["stereo"] * spec.stereo + ["melody"] * spec.melody) or "mono"
         return make_tiny_model(kind, spec.seed)
     dim, layers, heads = ARCHS[spec.arch]
-    tokenizer = make_tokenizer()
-    text = T5Config(**T5_BASE)
-    audio = EncodecConfig(**ENCODEC_32KHZ)
-    dec_args = dict(
-        vocab_size=2048,
-        hidden_size=dim,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        ffn_dim=4 * dim,
-        num_codebooks=8 if spec.stereo else 4,
-        audio_channels=2 if spec.stereo else 1,
-        max_position_embeddings=2048,
-        pad_token_id=2048,
-        bos_token_id=2048,
+    model = random_model(
+        T5Config(**T5_BASE),
+        EncodecConfig(**ENCODEC_32KHZ),
+        dim=dim,
+        layers=layers,
+        heads=heads,
+        stereo=spec.stereo,
+        melody=spec.melody,
+        seed=spec.seed,
     )
-    torch.manual_seed(spec.seed)
-    if spec.melody:
-        config = MusicgenMelodyConfig(
-            text_encoder=text.to_dict(),
-            audio_encoder=audio.to_dict(),
-            decoder=MusicgenMelodyDecoderConfig(**dec_args).to_dict(),
-            num_chroma=12,
-            chroma_length=235,
-        )
-        model = MusicgenMelodyForConditionalGeneration(config)
-    else:
-        config = MusicgenConfig(
-            text_encoder=text.to_dict(),
-            audio_encoder=audio.to_dict(),
-            decoder=MusicgenDecoderConfig(**dec_args).to_dict(),
-        )
-        model = MusicgenForConditionalGeneration(config)
-    gen = torch.Generator().manual_seed(spec.seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if (name.startswith("decoder.") or "enc_to_dec_proj" in name) and "layer_norm" not in name:
-                p.copy_(torch.randn(p.shape, generator=gen) * (1.0 / p.shape[-1] ** 0.5))
-        for name, buffer in model.audio_encoder.named_buffers():
-            if name.endswith("codebook.embed"):
-                buffer.copy_(torch.randn(buffer.shape, generator=gen))
-    model.generation_config.decoder_start_token_id = 2048
-    model.generation_config.pad_token_id = 2048
-    return model.eval(), tokenizer
+    return model, make_tokenizer()
 
 
 def build_checkpoint(spec: CheckpointSpec, folder: Path) -> None:

@@ -39,27 +39,12 @@ def make_tokenizer():
 
 
 def make_tiny_model(kind: str = "mono", seed: int = 0):
-    """A transformers MusicGen model of `kind` (see KINDS) with random weights, and its tokenizer.
-
-    Weights are drawn larger than transformers' initialisation so that logits are far from uniform
-    and greedy decoding is not decided by rounding.
-    """
-    from transformers import (
-        EncodecConfig,
-        MusicgenConfig,
-        MusicgenDecoderConfig,
-        MusicgenForConditionalGeneration,
-        MusicgenMelodyConfig,
-        MusicgenMelodyDecoderConfig,
-        MusicgenMelodyForConditionalGeneration,
-        T5Config,
-    )
+    """A transformers MusicGen model of `kind` (see KINDS) with random weights, and its tokenizer."""
+    from transformers import EncodecConfig, T5Config
 
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}")
     tokenizer = make_tokenizer()
-    stereo = kind.startswith("stereo")
-    melody = kind.endswith("melody")
     text = T5Config(
         vocab_size=len(tokenizer), d_model=24, d_kv=8, d_ff=32, num_layers=2, num_heads=3, dropout_rate=0.0
     )
@@ -79,12 +64,44 @@ def make_tiny_model(kind: str = "mono", seed: int = 0):
         overlap=None,
         use_causal_conv=False,
     )
+    model = random_model(
+        text,
+        audio,
+        dim=32,
+        layers=2,
+        heads=4,
+        ffn_dim=64,
+        stereo=kind.startswith("stereo"),
+        melody=kind.endswith("melody"),
+        seed=seed,
+    )
+    return model, tokenizer
+
+
+def random_model(
+    text, audio, *, dim: int, layers: int, heads: int, stereo: bool, melody: bool, seed: int, ffn_dim: int = 0
+):
+    """transformers' MusicGen (or MusicGen-Melody) with the given sizes and random weights.
+
+    Weights are drawn larger than transformers' initialisation (N(0, 1/fan_in)) so that logits are far from
+    uniform and greedy decoding is not decided by rounding; EnCodec's codebooks, zero by default, are made
+    random so that the audio depends on the codes.
+    """
+    from transformers import (
+        MusicgenConfig,
+        MusicgenDecoderConfig,
+        MusicgenForConditionalGeneration,
+        MusicgenMelodyConfig,
+        MusicgenMelodyDecoderConfig,
+        MusicgenMelodyForConditionalGeneration,
+    )
+
     dec_args = dict(
         vocab_size=2048,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        ffn_dim=64,
+        hidden_size=dim,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        ffn_dim=ffn_dim or 4 * dim,  # the published models use 4 x dim
         num_codebooks=8 if stereo else 4,
         audio_channels=2 if stereo else 1,
         pad_token_id=2048,
@@ -110,17 +127,14 @@ def make_tiny_model(kind: str = "mono", seed: int = 0):
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if name.startswith("decoder.") or "enc_to_dec_proj" in name:
-                if "layer_norm" in name:
-                    continue
+            if (name.startswith("decoder.") or "enc_to_dec_proj" in name) and "layer_norm" not in name:
                 p.copy_(torch.randn(p.shape, generator=gen) * (1.0 / p.shape[-1] ** 0.5))
-        # EnCodec's codebooks are buffers that start at zero: random ones make the audio depend on the codes
         for name, buffer in model.audio_encoder.named_buffers():
             if name.endswith("codebook.embed"):
                 buffer.copy_(torch.randn(buffer.shape, generator=gen))
     model.generation_config.decoder_start_token_id = 2048
     model.generation_config.pad_token_id = 2048
-    return model.eval(), tokenizer
+    return model.eval()
 
 
 def save_tiny_model(folder: Path, kind: str = "mono", seed: int = 0) -> Path:
