@@ -77,7 +77,7 @@ def generate_window(
         codes [B, K, frames], the prompt included, delays undone.
     """
     cfg = lm.cfg
-    device = lm.heads.weight.device
+    device = lm.embed.weight.device
     delays = cfg.delays
     fixed, free = build_fixed(prompt, batch, frames, delays, cfg.card, device)
     seq = fixed.clone()  # [B, K, L]

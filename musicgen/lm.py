@@ -284,5 +284,5 @@ class LanguageModel(nn.Module):
     def new_cache(self, batch: int, max_len: int) -> KVCache:
         if max_len > self.cfg.max_positions:
             raise ValueError(f"a window of {max_len} positions exceeds the model's {self.cfg.max_positions}")
-        p = self.heads.weight
+        p = self.embed.weight  # the embedding stays a float tensor whatever the Linear layers become
         return KVCache(self.cfg, batch, max_len, p.device, p.dtype)

@@ -84,7 +84,7 @@ class MusicGen:
 
     @property
     def device(self) -> torch.device:
-        return self.lm.heads.weight.device
+        return self.lm.embed.weight.device
 
     @property
     def accepts_melody(self) -> bool:
