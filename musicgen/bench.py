@@ -198,6 +198,12 @@ def _load_musicgen(folder: Path, device: str) -> Runner:
     return _MusicgenRunner(build_model(read_checkpoint(folder), device))
 
 
+def _load_musicgen_int8(folder: Path, device: str) -> Runner:
+    from .loading import build_model, read_checkpoint
+
+    return _MusicgenRunner(build_model(read_checkpoint(folder), device, int8=True))
+
+
 def _import_transformers() -> None:
     import torch  # noqa: F401
     from transformers import (  # noqa: F401
@@ -254,6 +260,7 @@ def _load_transformers(folder: Path, device: str) -> Runner:
 # implementation name -> how to import and load it; `--impl` chooses among these (all by default)
 IMPLS: dict[str, Impl] = {
     "musicgen": Impl(_import_musicgen, _load_musicgen),
+    "musicgen-int8": Impl(_import_musicgen, _load_musicgen_int8),
     "transformers": Impl(_import_transformers, _load_transformers),
 }
 

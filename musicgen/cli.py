@@ -63,6 +63,11 @@ def _add_generate(sub) -> None:
         help="remove drums and bass from the melody with Demucs first (auto: when its weights are present)",
     )
     p.add_argument("--no-download", action="store_true", help="fail instead of downloading missing weights")
+    p.add_argument(
+        "--int8",
+        action="store_true",
+        help="CPU only: int8 weights for the language model (faster, slightly different)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=_generate)
 
@@ -101,7 +106,7 @@ def _generate(args) -> int:
             f"--duration {args.duration} s (the duration counts the continued audio)."
         )
 
-    model = MusicGen.load(args.model, device=args.device, download=not args.no_download)
+    model = MusicGen.load(args.model, device=args.device, download=not args.no_download, int8=args.int8)
     result = model.generate(
         args.prompt,
         duration=args.duration,

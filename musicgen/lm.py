@@ -148,7 +148,9 @@ class LanguageModel(nn.Module):
         """
         B, S, D = text.shape
         H, hd = self.cfg.num_heads, self.cfg.head_dim
-        if weight_only:
+        if hasattr(layer.cross_attn, "kv_proj"):  # split for int8 decoding (musicgen.quantize)
+            kv = layer.cross_attn.kv_proj(text)
+        elif weight_only:
             kv = F.linear(text, layer.cross_attn.in_proj.weight[D:])  # [B, S, 2D]
         else:
             kv = layer.cross_attn.in_proj(text)[..., D:]
@@ -273,6 +275,8 @@ class LanguageModel(nn.Module):
                 h = layer.norm_cross(x)
                 if training:  # the module whole, so that adapters around it take part
                     q = layer.cross_attn.in_proj(h)[..., :D]
+                elif hasattr(layer.cross_attn, "q_proj"):  # split for int8 decoding (musicgen.quantize)
+                    q = layer.cross_attn.q_proj(h)
                 else:
                     q = F.linear(h, layer.cross_attn.in_proj.weight[:D])
                 a = cross_attention(i, q.reshape(B, T, H, hd).transpose(1, 2))

@@ -11,7 +11,7 @@ import torch
 from .checkpoints import Checkpoint, detect_layout
 from .codec import Codec
 from .conditioning import TextEncoder
-from .errors import CheckpointError
+from .errors import CheckpointError, InvalidInputError
 from .lm import LanguageModel
 from .model import MusicGen
 
@@ -45,11 +45,20 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def build_model(ckpt: Checkpoint, device: str | None = None) -> MusicGen:
-    """Builds the modules of `ckpt` on `device` (fp32 on CPU, bf16 language model on CUDA)."""
+def build_model(ckpt: Checkpoint, device: str | None = None, int8: bool = False) -> MusicGen:
+    """Builds the modules of `ckpt` on `device` (fp32 on CPU, bf16 language model on CUDA).
+
+    int8: decode with int8 Linear weights (CPU only, opt-in; see `musicgen.quantize`).
+    """
     device = torch.device(device or default_device())
+    if int8 and device.type != "cpu":
+        raise InvalidInputError(f"int8 decoding runs on the CPU; on {device} the model runs in bf16 already.")
     lm_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     lm = build_lm(ckpt).to(device=device, dtype=lm_dtype).eval()
+    if int8:
+        from .quantize import quantize_int8
+
+        quantize_int8(lm)
     text = TextEncoder(*_text_encoder(ckpt))
     text.model.to(device)
     codec_model = _codec(ckpt)

@@ -75,12 +75,17 @@ class MusicGen:
         self._stems = None  # Demucs, loaded on the first melody that asks for it
 
     @classmethod
-    def load(cls, name_or_path: str | Path, device: str | None = None, download: bool = True) -> MusicGen:
-        """Loads a variant name (`small`, `stereo-melody-large`...), a Hub id, or a checkpoint folder."""
+    def load(
+        cls, name_or_path: str | Path, device: str | None = None, download: bool = True, int8: bool = False
+    ) -> MusicGen:
+        """Loads a variant name (`small`, `stereo-melody-large`...), a Hub id, or a checkpoint folder.
+
+        int8: opt-in int8 weights for the language model's Linear layers on CPU (faster, slightly different).
+        """
         from .loading import build_model, load_checkpoint
 
         ckpt: Checkpoint = load_checkpoint(str(name_or_path), download=download)
-        return build_model(ckpt, device)
+        return build_model(ckpt, device, int8=int8)
 
     @property
     def device(self) -> torch.device:

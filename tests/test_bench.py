@@ -53,7 +53,7 @@ def test_json_lines_for_both_implementations(cache, capsys):
     assert main([*args, "--steps", "40", "--repeats", "2", "--seconds", "0.2", "--threads", "1"]) == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
     records = [json.loads(line) for line in lines]
-    assert [r["impl"] for r in records] == ["musicgen", "transformers"]
+    assert [r["impl"] for r in records] == ["musicgen", "musicgen-int8", "transformers"]
     for r in records:
         assert all(field in r for field in FIELDS), r
         assert r["arch"] == "tiny" and r["stereo"] is True and r["batch"] == 1
@@ -80,7 +80,7 @@ def test_a_finished_checkpoint_is_reused(cache, monkeypatch):
 
 
 def test_every_implementation_has_a_loader():
-    assert {"musicgen", "transformers"} <= set(bench.IMPLS)
+    assert {"musicgen", "musicgen-int8", "transformers"} <= set(bench.IMPLS)
     for impl in bench.IMPLS.values():
         assert callable(impl.imports) and callable(impl.load)
 
