@@ -76,7 +76,7 @@ def _generate(args) -> int:
     import numpy as np
 
     from .audio import SUPPORTED_WRITE_SUFFIXES, normalize, read_audio, write_audio
-    from .loading import peek_model
+    from .loading import peek_model, resolve_device
     from .model import MusicGen, check_generation_args
     from .sampling import SamplingParams
 
@@ -106,6 +106,7 @@ def _generate(args) -> int:
             f"--duration {args.duration} s (the duration counts the continued audio)."
         )
 
+    resolve_device(args.device)  # an unusable device is refused before the checkpoint is read
     model = MusicGen.load(args.model, device=args.device, download=not args.no_download, int8=args.int8)
     result = model.generate(
         args.prompt,

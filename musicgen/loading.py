@@ -45,12 +45,27 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def resolve_device(device: str | None) -> torch.device:
+    """The device to run on (default: CUDA when present), refused with a clear message when unusable."""
+    try:
+        resolved = torch.device(device or default_device())
+    except (RuntimeError, TypeError) as e:
+        raise InvalidInputError(
+            f"device {device!r} is not a device torch knows: use cpu, cuda or cuda:N."
+        ) from e
+    if resolved.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (resolved.index is not None and resolved.index >= count):
+            raise InvalidInputError(f"device {device!r}: {count} CUDA device(s) are visible here; use cpu.")
+    return resolved
+
+
 def build_model(ckpt: Checkpoint, device: str | None = None, int8: bool = False) -> MusicGen:
     """Builds the modules of `ckpt` on `device` (fp32 on CPU, bf16 language model on CUDA).
 
     int8: decode with int8 Linear weights (CPU only, opt-in; see `musicgen.quantize`).
     """
-    device = torch.device(device or default_device())
+    device = resolve_device(device)
     if int8 and device.type != "cpu":
         raise InvalidInputError(f"int8 decoding runs on the CPU; on {device} the model runs in bf16 already.")
     lm_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32

@@ -47,9 +47,9 @@ class ModelCache:
         memory_budget: int | None = None,
         reserve_bytes: int = DEFAULT_RESERVE_BYTES,
     ):
-        from .loading import default_device
+        from .loading import resolve_device
 
-        self.device = torch.device(device or default_device())
+        self.device = resolve_device(device)
         self.max_models = max_models
         self.memory_budget = memory_budget
         self.reserve_bytes = reserve_bytes

@@ -116,3 +116,10 @@ def test_generated_audio_is_not_silent(tiny, tmp_path):
     data, _ = sf.read(out)
     assert np.abs(data).max() > 0.01
     assert torch.isfinite(torch.from_numpy(data)).all()
+
+
+@pytest.mark.parametrize("device, message", [("gpu0", "not a device"), ("cuda:7", "CUDA device")])
+def test_unusable_device_is_a_message(tiny, capsys, device, message):
+    folder, *_ = tiny.get("mono")
+    assert main(["generate", "--model", str(folder), "--device", device, "--quiet", "--duration", "0.2"]) == 2
+    assert message in capsys.readouterr().err
