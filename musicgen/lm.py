@@ -88,6 +88,25 @@ class KVCache:
         self.cross_k: torch.Tensor | None = None
         self.cross_v: torch.Tensor | None = None
         self.cross_bias: torch.Tensor | None = None
+        self.cross_fold: CrossFold | None = None  # replaces cross_k/v when it reads fewer bytes
+
+
+class CrossFold:
+    """Cross-attention with its query and output projections folded into the cached text, per request.
+
+    Per head h, softmax(x Wq_h^T K_h^T) V_h Wo_h^T only ever multiplies x by Wq_h^T K_h^T [D, S] and the
+    softmax weights by V_h Wo_h^T [S, D]. Precomputing both for the R' rows that have text replaces reading
+    Wq and Wo (2 D^2 weights) at every step by reading 2 R' H S D values, fewer whenever R' S < head_dim:
+    one prompt under classifier-free guidance with fewer than 64 text tokens saves ~9 % of a step's bytes.
+    Rows without any text token (the unconditional half of CFG, empty prompts) get exactly zero from
+    cross-attention (their values are zero and the projections have no bias), so they are left out.
+
+    scores: [L, R', H*S, D] (scaled); values: [L, R', D, H*S]; bias: [R', 1, 1, S]; rows: [R'] indices.
+    Both matrices are stored as (out, in) like a Linear weight, the layout a batch-1 product reads fastest.
+    """
+
+    def __init__(self, scores: torch.Tensor, values: torch.Tensor, bias: torch.Tensor, rows: torch.Tensor):
+        self.scores, self.values, self.bias, self.rows = scores, values, bias, rows
 
 
 class LanguageModel(nn.Module):
@@ -102,6 +121,7 @@ class LanguageModel(nn.Module):
         self.out_norm = nn.LayerNorm(D, eps=cfg.layer_norm_eps)
         self.heads = nn.Linear(D, K * cfg.card, bias=False)
         self.text_proj = nn.Linear(cfg.text_dim, D)
+        self.fold_cross: bool | None = None  # see prepare_cross
         if cfg.conditioning == "prepend":
             self.chroma_proj = nn.Linear(cfg.num_chroma, D)
         self.init_buffers()
@@ -131,14 +151,36 @@ class LanguageModel(nn.Module):
         return self.chroma_proj(chroma.to(self.chroma_proj.weight.dtype))
 
     def prepare_cross(self, cache: KVCache, text: torch.Tensor, text_mask: torch.Tensor) -> None:
-        """Computes every layer's cross-attention keys/values once per request.
+        """Computes every layer's cross-attention keys/values (or their CrossFold) once per request.
 
-        text: [B, S, D] projected states; text_mask: [B, S] (1 = token, 0 = padding).
+        text: [B, S, D] projected states; text_mask: [B, S] (1 = token, 0 = padding). `self.fold_cross`
+        chooses: CrossFold (True), plain keys/values (False), or whichever reads fewer bytes per step (None).
         """
+        rows = text_mask.any(dim=1).nonzero().flatten()  # rows with text: the only ones cross-attention moves
+        fold = self.fold_cross
+        if fold is None:
+            fold = len(rows) * text.shape[1] < self.cfg.head_dim
+        if fold:
+            cache.cross_fold = self._fold_cross(text[rows], text_mask[rows], rows)
+            return
         kvs = [self._cross_kv(layer, text, weight_only=True) for layer in self.layers]
         cache.cross_k = torch.stack([k for k, _ in kvs])
         cache.cross_v = torch.stack([v for _, v in kvs])
         cache.cross_bias = cross_bias(text_mask, text.dtype)
+
+    def _fold_cross(self, text: torch.Tensor, text_mask: torch.Tensor, rows: torch.Tensor) -> CrossFold:
+        """text [R', S, D] and text_mask [R', S] of the rows with text -> their CrossFold."""
+        R, S, D = text.shape
+        H, hd = self.cfg.num_heads, self.cfg.head_dim
+        scores, values = [], []
+        for layer in self.layers:
+            k, v = self._cross_kv(layer, text, weight_only=True)  # [R', H, S, hd]
+            w_q = _float_weight(layer.cross_attn, "q_proj", slice(0, D)).view(H, hd, D)
+            w_o = _float_weight(layer.cross_attn.out_proj).view(D, H, hd)
+            scores.append(torch.einsum("rhse,hed->rhsd", k, w_q).reshape(R, H * S, D) / math.sqrt(hd))
+            values.append(torch.einsum("dhe,rhse->rdhs", w_o, v).reshape(R, D, H * S))
+        bias = cross_bias(text_mask, text.dtype)  # [R', 1, 1, S]
+        return CrossFold(torch.stack(scores), torch.stack(values), bias, rows)
 
     def _cross_kv(self, layer: Layer, text: torch.Tensor, weight_only: bool):
         """Cross-attention keys and values [B, H, S, hd] of one layer.
@@ -238,31 +280,49 @@ class LanguageModel(nn.Module):
         if self.cfg.conditioning == "cross":
             bias = cross_bias(text_mask, x.dtype)
 
-            def cross(i, q):
-                k, v = self._cross_kv(self.layers[i], text, weight_only=False)
-                return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+            def cross(i, layer, h, x):
+                q = self._cross_query(layer, h, training=True)
+                k, v = self._cross_kv(layer, text, weight_only=False)
+                a = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+                return x + self._cross_out(layer, a)
 
-        hidden = self._layers(x, self_attention, cross, training=True)[:, P:]
+        hidden = self._layers(x, self_attention, cross)[:, P:]
         return self.logits(hidden).permute(0, 2, 1, 3)  # [B, K, S, card]
 
     def _cached_cross(self, cache: KVCache):
         if self.cfg.conditioning != "cross":
             return None
+        fold = cache.cross_fold
+        if fold is None:
 
-        def cross(i, q):
-            return F.scaled_dot_product_attention(
-                q, cache.cross_k[i], cache.cross_v[i], attn_mask=cache.cross_bias
-            )
+            def cross(i, layer, h, x):
+                q = self._cross_query(layer, h, training=False)
+                a = F.scaled_dot_product_attention(
+                    q, cache.cross_k[i], cache.cross_v[i], attn_mask=cache.cross_bias
+                )
+                return x + self._cross_out(layer, a)
 
-        return cross
+            return cross
 
-    def _layers(
-        self, x: torch.Tensor, self_attention, cross_attention, training: bool = False
-    ) -> torch.Tensor:
+        if len(fold.rows) == 0:  # no row has text: cross-attention adds nothing
+            return None
+        H, S = self.cfg.num_heads, fold.bias.shape[-1]
+
+        def folded(i, layer, h, x):
+            h = h.index_select(0, fold.rows)  # [R', T, D]
+            R, T, _ = h.shape
+            scores = torch.bmm(h, fold.scores[i].transpose(1, 2)).view(R, T, H, S)
+            weights = torch.softmax(scores + fold.bias, dim=-1).view(R, T, -1)
+            return x.index_add(0, fold.rows, torch.bmm(weights, fold.values[i].transpose(1, 2)))
+
+        return folded
+
+    def _layers(self, x: torch.Tensor, self_attention, cross_attention) -> torch.Tensor:
         """The transformer body: x [B, T, D] -> hidden states [B, T, D] before the final norm.
 
-        self_attention(i, q, k, v) and cross_attention(i, q) attend for layer i (writing caches as they
-        need); q, k, v: [B, H, T, hd].
+        self_attention(i, q, k, v) attends for layer i (writing caches as it needs; q, k, v: [B, H, T, hd]);
+        cross_attention(i, layer, h, x) returns the residual stream x [B, T, D] with layer i's cross-attention
+        of the normed states h [B, T, D] added.
         """
         B, T, D = x.shape
         H, hd = self.cfg.num_heads, self.cfg.head_dim
@@ -272,21 +332,43 @@ class LanguageModel(nn.Module):
             a = self_attention(i, q, k, v)
             x = x + layer.self_attn.out_proj(a.transpose(1, 2).reshape(B, T, D))
             if cross_attention is not None:
-                h = layer.norm_cross(x)
-                if training:  # the module whole, so that adapters around it take part
-                    q = layer.cross_attn.in_proj(h)[..., :D]
-                elif hasattr(layer.cross_attn, "q_proj"):  # split for int8 decoding (musicgen.quantize)
-                    q = layer.cross_attn.q_proj(h)
-                else:
-                    q = F.linear(h, layer.cross_attn.in_proj.weight[:D])
-                a = cross_attention(i, q.reshape(B, T, H, hd).transpose(1, 2))
-                x = x + layer.cross_attn.out_proj(a.transpose(1, 2).reshape(B, T, D))
+                x = cross_attention(i, layer, layer.norm_cross(x), x)
             h = layer.norm2(x)
             x = x + layer.ff2(F.gelu(layer.ff1(h)))
         return x
+
+    def _cross_query(self, layer: Layer, h: torch.Tensor, training: bool) -> torch.Tensor:
+        """Cross-attention queries [B, H, T, hd] from normed hidden states h [B, T, D]."""
+        B, T, D = h.shape
+        if training:  # the module whole, so that adapters around it take part
+            q = layer.cross_attn.in_proj(h)[..., :D]
+        elif hasattr(layer.cross_attn, "q_proj"):  # split for int8 decoding (musicgen.quantize)
+            q = layer.cross_attn.q_proj(h)
+        else:
+            q = F.linear(h, layer.cross_attn.in_proj.weight[:D])
+        return q.reshape(B, T, self.cfg.num_heads, self.cfg.head_dim).transpose(1, 2)
+
+    def _cross_out(self, layer: Layer, a: torch.Tensor) -> torch.Tensor:
+        """Attention output a [B, H, T, hd] -> its contribution to the residual stream [B, T, D]."""
+        B, H, T, hd = a.shape
+        return layer.cross_attn.out_proj(a.transpose(1, 2).reshape(B, T, H * hd))
 
     def new_cache(self, batch: int, max_len: int) -> KVCache:
         if max_len > self.cfg.max_positions:
             raise ValueError(f"a window of {max_len} positions exceeds the model's {self.cfg.max_positions}")
         p = self.embed.weight  # the embedding stays a float tensor whatever the Linear layers become
         return KVCache(self.cfg, batch, max_len, p.device, p.dtype)
+
+
+def _float_weight(
+    module: nn.Module, split_name: str | None = None, rows: slice | None = None
+) -> torch.Tensor:
+    """A projection's weight as a float tensor [out, in]: `module.<split_name>` when the module was split
+    (musicgen.quantize), else rows `rows` of its in_proj; an int8 Linear's weight is dequantized."""
+    if split_name is not None:
+        if hasattr(module, split_name):
+            module = getattr(module, split_name)
+        else:
+            return module.in_proj.weight[rows]
+    weight = module.weight() if callable(module.weight) else module.weight  # quantized Linears: a method
+    return weight.dequantize() if weight.is_quantized else weight

@@ -7,15 +7,21 @@ from musicgen.chroma import null_chroma
 from musicgen.lm import cross_bias
 
 
-@pytest.mark.parametrize("kind", ["mono", "stereo", "melody"])
-def test_teacher_forced_logits_equal_cached_decoding(tiny, kind):
+@pytest.mark.parametrize(
+    "kind, fold", [("mono", False), ("mono", True), ("stereo", False), ("stereo", True), ("melody", None)]
+)
+def test_teacher_forced_logits_equal_cached_decoding(tiny, kind, fold, monkeypatch):
+    """Decoding with plain cross-attention keys/values and with their CrossFold (projections folded into
+    the text, rows without text left out) both give the training pass's logits."""
     lm = tiny.engine(kind).lm
+    monkeypatch.setattr(lm, "fold_cross", fold)
     cfg = lm.cfg
     gen = torch.Generator().manual_seed(0)
-    B, S = 2, 12
+    B, S = 3, 12
     codes = torch.randint(0, cfg.card + 1, (B, cfg.num_codebooks, S), generator=gen)
     states = torch.randn(B, 5, cfg.text_dim, generator=gen)
-    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]], dtype=torch.float32)
+    # a full prompt, a padded one, and a row without text (as CFG's unconditional half)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [0, 0, 0, 0, 0]], dtype=torch.float32)
     chroma = null_chroma(B, 7)
     with torch.no_grad():
         full = lm(codes, states, mask, chroma)
@@ -28,6 +34,7 @@ def test_teacher_forced_logits_equal_cached_decoding(tiny, kind):
         cache = lm.new_cache(B, P + S)
         if prefix is None:
             lm.prepare_cross(cache, text, mask)
+            assert (cache.cross_fold is not None) == fold
             x = lm.embed_codes(codes[:, :, :1])
         else:
             x = torch.cat([prefix, lm.embed_codes(codes[:, :, :1])], dim=1)

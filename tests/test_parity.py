@@ -10,11 +10,14 @@ GREEDY = SamplingParams(top_k=1, cfg_coef=3.0)
 
 
 @pytest.mark.parametrize("kind", ["mono", "stereo"])
-def test_greedy_codes_and_audio_match_transformers(tiny, kind):
+@pytest.mark.parametrize("fold_cross", [None, True])  # None: by bytes (plain keys/values at this size)
+def test_greedy_codes_and_audio_match_transformers(tiny, kind, fold_cross, monkeypatch):
     _, model, tokenizer = tiny.get(kind)
     prompts = ["lo-fi beat with warm piano", "jazz trio"]  # different lengths: padding is exercised
     ref_codes, ref_audio = reference_generate(model, tokenizer, prompts, frames=40)
-    ours = tiny.engine(kind).generate(prompts, duration=40 / 50, sampling=GREEDY, seed=0)
+    engine = tiny.engine(kind)
+    monkeypatch.setattr(engine.lm, "fold_cross", fold_cross)
+    ours = engine.generate(prompts, duration=40 / 50, sampling=GREEDY, seed=0)
     assert ours.codes.shape == ref_codes.shape
     assert torch.equal(ours.codes, ref_codes)
     assert ours.audio.shape == ref_audio.shape

@@ -26,11 +26,12 @@ def teacher_forced_logits(engine, codes, prompts):
     return torch.stack(out, dim=2)
 
 
-@pytest.mark.parametrize("kind", ["mono", "melody"])
-def test_int8_logits_stay_close_to_fp32(tiny, kind):
+@pytest.mark.parametrize("kind, fold_cross", [("mono", None), ("mono", True), ("melody", None)])
+def test_int8_logits_stay_close_to_fp32(tiny, kind, fold_cross):
     folder = tiny.get(kind)[0]
     fp32 = tiny.engine(kind)
     int8 = build_model(read_checkpoint(folder), "cpu", int8=True)
+    int8.lm.fold_cross = fold_cross  # True: the fold reads the dequantized int8 projections
     codes = torch.randint(0, 2048, (2, 4, 50), generator=torch.Generator().manual_seed(0))
     a = teacher_forced_logits(fp32, codes, ["jazz trio", "folk"])
     b = teacher_forced_logits(int8, codes, ["jazz trio", "folk"])
