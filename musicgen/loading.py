@@ -155,8 +155,12 @@ def _codec(ckpt: Checkpoint):
 
     cfg = ckpt.config
     if ckpt.codec_state is not None and cfg.codec is not None:
-        # built for real, not on the meta device: EnCodec keeps layer geometry in buffers no checkpoint holds
-        model = EncodecModel(EncodecConfig(**{k: v for k, v in cfg.codec.items() if k != "model_type"}))
+        from transformers.initialization import no_init_weights
+
+        # built for real, not on the meta device: EnCodec keeps layer geometry in buffers no checkpoint
+        # holds; without the random initialisation, which the strict load below overwrites whole (~1 s)
+        with no_init_weights():
+            model = EncodecModel(EncodecConfig(**{k: v for k, v in cfg.codec.items() if k != "model_type"}))
         try:
             model.load_state_dict(ckpt.codec_state, strict=True, assign=True)
         except RuntimeError as e:

@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save_file
 from ..config import ChromaConfig, LMConfig, ModelConfig
 from ..errors import CheckpointError
 from . import Checkpoint
+from .tensor_reader import SafetensorsIndex
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "spiece.model", "special_tokens_map.json")
 _MODEL_TYPES = ("musicgen", "musicgen_melody")
@@ -48,10 +49,10 @@ def read_transformers(folder: Path) -> Checkpoint:
             "this folder does not hold a MusicGen model."
         )
     config = _model_config(raw, config_file)
-    state = _load_weights(folder)
+    state, index = _load_weights(folder)
     text_state = _take_prefix(state, "text_encoder.")
     codec_state = _take_prefix(state, "audio_encoder.")
-    lm_state = _lm_state_from_hf(state, config.lm, folder)
+    lm_state = _lm_state_from_hf(state, config.lm, folder, index)
     tokenizer_dir = folder if any((folder / f).is_file() for f in TOKENIZER_FILES) else None
     return Checkpoint(
         config=config,
@@ -121,7 +122,9 @@ def _frame_rate(audio: dict) -> int:
     return audio.get("sampling_rate", 32000) // hop
 
 
-def _load_weights(folder: Path) -> dict[str, torch.Tensor]:
+def _load_weights(folder: Path) -> tuple[dict[str, torch.Tensor], SafetensorsIndex | None]:
+    """Every tensor of the folder (safetensors: mapped, read only where touched) and, for safetensors,
+    an index that reads tensors into memory of their own (see musicgen.checkpoints.tensor_reader)."""
     files = sorted(folder.glob("*.safetensors"))
     if files:
         state = {}
@@ -130,7 +133,7 @@ def _load_weights(folder: Path) -> dict[str, torch.Tensor]:
                 state.update(load_file(f))
             except Exception as e:  # safetensors raises its own error types for corrupt headers
                 raise CheckpointError(f"{f}: not a readable safetensors file ({e}).") from e
-        return state
+        return state, SafetensorsIndex(files)
     bins = sorted(folder.glob("pytorch_model*.bin"))
     if not bins:
         raise CheckpointError(
@@ -142,54 +145,59 @@ def _load_weights(folder: Path) -> dict[str, torch.Tensor]:
             state.update(torch.load(f, map_location="cpu", weights_only=True))
         except Exception as e:  # weights_only refuses anything but tensors; say so plainly
             raise CheckpointError(f"{f}: not a plain tensor file (refused to unpickle it: {e}).") from e
-    return state
+    return state, None
 
 
 def _take_prefix(state: dict, prefix: str) -> dict[str, torch.Tensor]:
     return {k[len(prefix) :]: state.pop(k) for k in [k for k in state if k.startswith(prefix)]}
 
 
-def _lm_state_from_hf(state: dict, cfg: LMConfig, folder: Path) -> dict[str, torch.Tensor]:
-    def take(name):
-        try:
-            return state.pop(name)
-        except KeyError:
-            raise CheckpointError(
-                f"{folder}: the weights lack {name!r}; expected a complete MusicGen model."
-            ) from None
-
+def _lm_state_from_hf(
+    state: dict, cfg: LMConfig, folder: Path, index: SafetensorsIndex | None
+) -> dict[str, torch.Tensor]:
+    # our name -> transformers' tensors that make it, concatenated row-wise
     K = cfg.num_codebooks
-    out = {
-        "embed.weight": torch.cat([take(f"{_DEC}embed_tokens.{k}.weight") for k in range(K)]),
-        "heads.weight": torch.cat([take(f"decoder.lm_heads.{k}.weight") for k in range(K)]),
-        "out_norm.weight": take(f"{_DEC}layer_norm.weight"),
-        "out_norm.bias": take(f"{_DEC}layer_norm.bias"),
+    plan = {
+        "embed.weight": [f"{_DEC}embed_tokens.{k}.weight" for k in range(K)],
+        "heads.weight": [f"decoder.lm_heads.{k}.weight" for k in range(K)],
+        "out_norm.weight": [f"{_DEC}layer_norm.weight"],
+        "out_norm.bias": [f"{_DEC}layer_norm.bias"],
     }
     for i in range(cfg.num_layers):
         src, dst = f"{_DEC}layers.{i}.", f"layers.{i}."
         for hf, ours in _FUSED.items():
             if hf == "encoder_attn" and cfg.conditioning != "cross":
                 continue
-            out[f"{dst}{ours}.in_proj.weight"] = torch.cat(
-                [take(f"{src}{hf}.{p}_proj.weight") for p in "qkv"]
-            )
+            plan[f"{dst}{ours}.in_proj.weight"] = [f"{src}{hf}.{p}_proj.weight" for p in "qkv"]
         for hf, ours in _LAYER_RENAMES.items():
             if "encoder_attn" in hf and cfg.conditioning != "cross":
                 continue
             for kind in ("weight", "bias") if "norm" in hf else ("weight",):
-                out[f"{dst}{ours}.{kind}"] = take(f"{src}{hf}.{kind}")
+                plan[f"{dst}{ours}.{kind}"] = [f"{src}{hf}.{kind}"]
     if "enc_to_dec_proj.weight" in state:
-        out["text_proj.weight"] = take("enc_to_dec_proj.weight")
-        out["text_proj.bias"] = take("enc_to_dec_proj.bias")
-    else:  # same width: transformers skips the projection, which is the identity
-        out["text_proj.weight"] = torch.eye(cfg.dim, cfg.text_dim)
-        out["text_proj.bias"] = torch.zeros(cfg.dim)
+        plan["text_proj.weight"] = ["enc_to_dec_proj.weight"]
+        plan["text_proj.bias"] = ["enc_to_dec_proj.bias"]
     if cfg.conditioning == "prepend":
-        out["chroma_proj.weight"] = take("audio_enc_to_dec_proj.weight")
-        out["chroma_proj.bias"] = take("audio_enc_to_dec_proj.bias")
+        plan["chroma_proj.weight"] = ["audio_enc_to_dec_proj.weight"]
+        plan["chroma_proj.bias"] = ["audio_enc_to_dec_proj.bias"]
+
+    missing = [name for names in plan.values() for name in names if name not in state]
+    if missing:
+        raise CheckpointError(
+            f"{folder}: the weights lack {missing[0]!r}; expected a complete MusicGen model."
+        )
+    sources = {name: state.pop(name) for names in plan.values() for name in names}
     leftovers = [k for k in state if not k.endswith("embed_positions.weights")]
     if leftovers:
         raise CheckpointError(f"{folder}: unexpected tensors for this config: {leftovers[:5]}")
+    if index is not None:
+        # read apart from the mapped file: every LM tensor is fused or touched at the first step anyway
+        out = index.read_all(plan)
+    else:
+        out = {k: torch.cat([sources[n] for n in names]) for k, names in plan.items()}
+    if "text_proj.weight" not in out:  # same width: transformers skips the projection, the identity
+        out["text_proj.weight"] = torch.eye(cfg.dim, cfg.text_dim)
+        out["text_proj.bias"] = torch.zeros(cfg.dim)
     return out
 
 
