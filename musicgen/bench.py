@@ -26,10 +26,14 @@ this order (MB = 2**20 bytes; seconds are wall-clock, `time.perf_counter`):
   runs, so everything else done once per call (tokenizing, T5, the prefill, cache set-up, the stub)
   cancels out in t2 - t1. One warm-up call comes first; t1 and t2 are each the fastest of `--repeats`
   calls (`steps_per_s_runs`: the value each repeat's own pair gives).
+- `bound_steps_per_s`: the most steps/s that reading the step's weights once allows at the bandwidth
+  measured right after the decode runs (`bandwidth_gbs`: one reduction over 512 MB, all threads, best
+  of 5): bandwidth / `step_weights_gb` (`step_weights_m` weights at 4 bytes, 1 for musicgen-int8).
+  CrossFold reads fewer weights than that count, so a step may beat it slightly.
 - `e2e_s_per_audio_s`: the fastest of `--repeats` complete generate calls for clips of `--seconds`
   (text encoder + decode loop + EnCodec; `--batch` clips at once), divided by `--seconds`.
 
-A later implementation (for instance `musicgen-int8`) joins by adding an `Impl` to `IMPLS`.
+A later implementation joins by adding an `Impl` to `IMPLS`.
 
 This module imports only the standard library at the top, so the CLI starts fast and `import_s` is honest.
 """
@@ -335,7 +339,41 @@ def checkpoint_info(folder: Path) -> dict[str, Any]:
         "weights_mb": round(weights / MB, 1),
         "lm_params_m": round(params["decoder"] / 1e6, 1),
         "total_params_m": round(sum(params.values()) / 1e6, 1),
+        "step_weights_m": round(step_weights(folder) / 1e6, 1),
     }
+
+
+def step_weights(folder: Path) -> int:
+    """Weights one decode step must read if it reads each matrix once: every layer's attention and
+    feed-forward matrices (cross-attention: the query and output ones; its keys/values are computed once
+    per request) and the output heads; embeddings read only K rows, which are left out."""
+    raw = json.loads((folder / "config.json").read_text())
+    dec = raw["decoder"]
+    D, F, K = dec["hidden_size"], dec["ffn_dim"], dec["num_codebooks"]
+    attention = 4 * D * D + (2 * D * D if raw["model_type"] == "musicgen" else 0)
+    return dec["num_hidden_layers"] * (attention + 2 * D * F) + K * dec["vocab_size"] * D
+
+
+def _bytes_per_weight(impl_name: str, device: str) -> int:
+    if impl_name == "musicgen-int8":
+        return 1
+    return 2 if impl_name == "musicgen" and device.startswith("cuda") else 4  # ours runs bf16 on CUDA
+
+
+def read_bandwidth_gbs(device: str, mb: int = 512, repeats: int = 5) -> float:
+    """The memory read bandwidth one reduction over `mb` MB reaches here (GB/s, best of `repeats`): far
+    larger than any cache, read with all of torch's threads, as a decode step reads its weights."""
+    import torch
+
+    buffer = torch.ones(mb * MB // 4, dtype=torch.float32, device=device)
+    best = float("inf")
+    for _ in range(repeats + 1):  # the first pass only warms up
+        _sync(device)
+        t = time.perf_counter()
+        buffer.sum()
+        _sync(device)
+        best = min(best, time.perf_counter() - t)
+    return round(buffer.numel() * 4 / best / 1e9, 2)
 
 
 def _warm_file_cache(folder: Path) -> None:
@@ -382,6 +420,9 @@ def measure(impl_name: str, folder: Path, settings: Settings, process_start: flo
             t2s.append(_timed(runner, n2 - runner.max_delay, settings))
     steps_per_s = _rate(n2 - n1, min(t2s) - min(t1s))
     runs = [_rate(n2 - n1, b - a) for a, b in zip(t1s, t2s, strict=True)]
+    # the bound of this moment: a step cannot be faster than reading its weights once at this bandwidth
+    bandwidth = read_bandwidth_gbs(settings.device)
+    step_gb = step_weights(folder) * _bytes_per_weight(impl_name, settings.device) / 1e9
 
     frames = max(1, round(settings.seconds * runner.frame_rate))
     audio_s = frames / runner.frame_rate  # --seconds, to the frame
@@ -391,6 +432,9 @@ def measure(impl_name: str, folder: Path, settings: Settings, process_start: flo
         "impl": impl_name,
         "batch": settings.batch,
         "steps_per_s": steps_per_s,
+        "bound_steps_per_s": round(bandwidth / step_gb, 2),
+        "bandwidth_gbs": bandwidth,
+        "step_weights_gb": round(step_gb, 3),
         "e2e_s_per_audio_s": round(min(e2e) / audio_s, 4),
         "load_s": round(load_weights_s + first_frame_s, 3),
         "peak_rss_mb": round(peak_rss, 1),
@@ -577,6 +621,8 @@ _COLUMNS = [
     ("arch", "arch", "{}"),
     ("batch", "batch", "{}"),
     ("steps_per_s", "steps/s", "{:.2f}"),
+    ("bound_steps_per_s", "bound steps/s", "{:.2f}"),
+    ("bandwidth_gbs", "GB/s", "{:.1f}"),
     ("e2e_s_per_audio_s", "e2e s per audio s", "{:.3f}"),
     ("load_s", "load s", "{:.2f}"),
     ("import_s", "import s", "{:.2f}"),

@@ -34,6 +34,9 @@ POSITIVE = (
     "load_weights_s",
     "first_frame_s",
     "torch_threads",
+    "bound_steps_per_s",
+    "bandwidth_gbs",
+    "step_weights_gb",
 )
 
 
@@ -61,6 +64,10 @@ def test_json_lines_for_both_implementations(cache, capsys):
         for field in POSITIVE:
             assert isinstance(r[field], (int, float)) and r[field] > 0, (field, r[field])
         assert r["peak_rss_mb"] >= r["import_rss_mb"]
+    # int8 reads a quarter of the bytes: its bound is four times fp32's at the same bandwidth
+    fp32, int8 = records[0], records[1]
+    per_gbs = [r["bound_steps_per_s"] / r["bandwidth_gbs"] for r in (fp32, int8)]
+    assert per_gbs[1] == pytest.approx(4 * per_gbs[0], rel=0.01)
     # the same files for both: same size on disk, same tensors in memory
     assert records[0]["weights_mb"] == records[1]["weights_mb"]
     assert records[0]["checkpoint"] == records[1]["checkpoint"]
@@ -77,6 +84,19 @@ def test_a_finished_checkpoint_is_reused(cache, monkeypatch):
     folder = bench.ensure_checkpoint(bench.CheckpointSpec("tiny", stereo=True), cache)
     assert (folder / "config.json").is_file()
     assert bench.checkpoint_info(folder)["weights_mb"] > 0
+
+
+def test_step_weights_count_what_a_decode_step_reads(cache):
+    """The bound's weight count equals the LM's matrices minus what a step does not read (embeddings, the
+    text projection, cross-attention keys/values)."""
+    from musicgen.loading import build_lm, read_checkpoint
+
+    folder = bench.ensure_checkpoint(bench.CheckpointSpec("tiny", stereo=True), cache)
+    lm = build_lm(read_checkpoint(folder))
+    D = lm.cfg.dim
+    read = sum(p.numel() for n, p in lm.named_parameters() if n.endswith("weight") and p.dim() == 2)
+    read -= lm.embed.weight.numel() + lm.text_proj.weight.numel() + lm.cfg.num_layers * 2 * D * D
+    assert bench.step_weights(folder) == read
 
 
 def test_every_implementation_has_a_loader():
