@@ -54,3 +54,40 @@ def _linear(weight: torch.Tensor) -> nn.Linear:
     linear = nn.Linear(in_features, out_features, bias=False)
     linear.weight = nn.Parameter(weight.contiguous(), requires_grad=False)
     return linear
+
+
+@torch.inference_mode()
+def decode_logits(model, prompts: list[str], codes: torch.Tensor) -> torch.Tensor:
+    """The decode path's logits [B, K, T, card] for a fixed token sequence `codes` [B, K, T], fed one
+    position at a time through the cache as generation feeds them (no guidance, no sampling)."""
+    from .chroma import null_chroma
+    from .generation import WindowConditions, decode_step, prefill
+
+    lm = model.lm
+    states, mask = model.text.encode(prompts)
+    text = lm.project_text(states, mask)
+    if lm.cfg.conditioning == "cross":
+        cond, P = WindowConditions(guided=False, text=text, text_mask=mask), 0
+    else:
+        chroma = lm.project_chroma(null_chroma(len(prompts), lm.cfg.chroma_length).to(text.device))
+        prefix = torch.cat([chroma, text], dim=1)
+        cond, P = WindowConditions(guided=False, prefix=prefix), prefix.shape[1]
+    cache = lm.new_cache(len(prompts), P + codes.shape[-1] + 1)
+    out = [prefill(lm, cache, cond, codes[:, :, :1])]
+    out += [decode_step(lm, cache, codes[:, :, j], P + j) for j in range(1, codes.shape[-1])]
+    return torch.stack(out, dim=2).float()
+
+
+def int8_quality(fp32_model, int8_model, prompts: list[str], steps: int, seed: int = 0) -> dict[str, float]:
+    """How far int8 decoding is from fp32 on the same random token sequence of `steps` positions:
+    `top1_agreement` (the share of positions and codebooks where both pick the same greedy token) and
+    `logit_rel_error` (|int8 - fp32| / |fp32| over all logits)."""
+    lm = fp32_model.lm
+    gen = torch.Generator().manual_seed(seed)
+    codes = torch.randint(0, lm.cfg.card, (len(prompts), lm.cfg.num_codebooks, steps), generator=gen)
+    a = decode_logits(fp32_model, prompts, codes)
+    b = decode_logits(int8_model, prompts, codes)
+    return {
+        "top1_agreement": round(float((a.argmax(-1) == b.argmax(-1)).float().mean()), 4),
+        "logit_rel_error": round(float((a - b).norm() / a.norm()), 4),
+    }
