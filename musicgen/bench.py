@@ -32,6 +32,8 @@ this order (MB = 2**20 bytes; seconds are wall-clock, `time.perf_counter`):
   CrossFold reads fewer weights than that count, so a step may beat it slightly.
 - `e2e_s_per_audio_s`: the fastest of `--repeats` complete generate calls for clips of `--seconds`
   (text encoder + decode loop + EnCodec; `--batch` clips at once), divided by `--seconds`.
+- `int8_top1_agreement`, `int8_logit_rel_error` (musicgen-int8 only): how far its logits are from fp32's
+  on the same weights, fed the same random token sequence of 10 + `--steps` positions.
 
 A later implementation joins by adding an `Impl` to `IMPLS`.
 
@@ -461,7 +463,20 @@ def measure(impl_name: str, folder: Path, settings: Settings, process_start: flo
     }
     if settings.device.startswith("cuda"):
         record["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / MB, 1)
+    if impl_name == "musicgen-int8":  # after every memory reading: this loads the fp32 model beside
+        record.update(_int8_quality(runner, folder, settings))
     return record
+
+
+def _int8_quality(runner: Runner, folder: Path, settings: Settings) -> dict[str, float]:
+    """int8 against fp32 on the same weights: `int8_top1_agreement`, `int8_logit_rel_error` (see
+    `musicgen.quantize.int8_quality`) over the positions the decode-speed runs cover."""
+    from .loading import build_model, read_checkpoint
+    from .quantize import int8_quality
+
+    fp32 = build_model(read_checkpoint(folder), settings.device)
+    quality = int8_quality(fp32, runner.model, [settings.prompt], SHORT_STEPS + settings.steps, settings.seed)
+    return {f"int8_{k}": v for k, v in quality.items()}
 
 
 def _timed(runner: Runner, frames: int, settings: Settings) -> float:

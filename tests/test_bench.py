@@ -66,6 +66,7 @@ def test_json_lines_for_both_implementations(cache, capsys):
         assert r["peak_rss_mb"] >= r["import_rss_mb"]
     # int8 reads a quarter of the bytes: its bound is four times fp32's at the same bandwidth
     fp32, int8 = records[0], records[1]
+    assert 0 < int8["int8_logit_rel_error"] < 0.2 and 0.5 < int8["int8_top1_agreement"] <= 1
     per_gbs = [r["bound_steps_per_s"] / r["bandwidth_gbs"] for r in (fp32, int8)]
     assert per_gbs[1] == pytest.approx(4 * per_gbs[0], rel=0.01)
     # the same files for both: same size on disk, same tensors in memory
