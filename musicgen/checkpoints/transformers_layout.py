@@ -11,7 +11,8 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from ..config import ChromaConfig, LMConfig, ModelConfig
 from ..errors import CheckpointError
@@ -32,6 +33,7 @@ _LAYER_RENAMES = {
     "fc2": "ff2",
 }
 _FUSED = {"self_attn": "self_attn", "encoder_attn": "cross_attn"}
+_MAPPED = ("text_encoder.", "audio_encoder.")  # used from the mapped file as they are; the LM is read apart
 _DEC = "decoder.model.decoder."
 
 
@@ -122,18 +124,26 @@ def _frame_rate(audio: dict) -> int:
     return audio.get("sampling_rate", 32000) // hop
 
 
-def _load_weights(folder: Path) -> tuple[dict[str, torch.Tensor], SafetensorsIndex | None]:
-    """Every tensor of the folder (safetensors: mapped, read only where touched) and, for safetensors,
-    an index that reads tensors into memory of their own (see musicgen.checkpoints.tensor_reader)."""
+def _load_weights(folder: Path) -> tuple[dict[str, torch.Tensor | None], SafetensorsIndex | None]:
+    """Every tensor name of the folder with, for safetensors, an index that reads tensors into memory of
+    their own (see musicgen.checkpoints.tensor_reader).
+
+    With safetensors, the text encoder's and codec's tensors come from the mapped file (their untouched
+    pages cost nothing) and the language model's names map to None: they are read through the index,
+    because creating mapped tensors for them leaves hundreds of MB of their pages resident.
+    """
     files = sorted(folder.glob("*.safetensors"))
     if files:
+        index = SafetensorsIndex(files)
         state = {}
         for f in files:
             try:
-                state.update(load_file(f))
+                with safe_open(f, framework="pt") as handle:
+                    for name in handle.keys():
+                        state[name] = handle.get_tensor(name) if name.startswith(_MAPPED) else None
             except Exception as e:  # safetensors raises its own error types for corrupt headers
                 raise CheckpointError(f"{f}: not a readable safetensors file ({e}).") from e
-        return state, SafetensorsIndex(files)
+        return state, index
     bins = sorted(folder.glob("pytorch_model*.bin"))
     if not bins:
         raise CheckpointError(
@@ -191,7 +201,7 @@ def _lm_state_from_hf(
     if leftovers:
         raise CheckpointError(f"{folder}: unexpected tensors for this config: {leftovers[:5]}")
     if index is not None:
-        # read apart from the mapped file: every LM tensor is fused or touched at the first step anyway
+        # into memory of their own, fused ones straight into place (see tensor_reader)
         out = index.read_all(plan)
     else:
         out = {k: torch.cat([sources[n] for n in names]) for k, names in plan.items()}
