@@ -18,6 +18,7 @@ def two_files(tmp_path):
         "k": torch.randn(2, 4, generator=gen),
         "half": torch.randn(5, 2, generator=gen).half(),
         "ids": torch.arange(7),
+        "scalar": torch.tensor(3.5),
     }
     b = {"v": torch.randn(1, 4, generator=gen), "bf": torch.randn(3, generator=gen).bfloat16()}
     save_file(a, tmp_path / "a.safetensors")

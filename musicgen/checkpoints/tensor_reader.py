@@ -45,9 +45,6 @@ class SafetensorsIndex:
         for path in files:
             self._index(path)
 
-    def __contains__(self, name: str) -> bool:
-        return name in self._where
-
     def read_all(self, plan: dict[str, list[str]]) -> dict[str, torch.Tensor]:
         """{key: read(names)} for each entry of `plan`, two reads at a time (faulting in fresh pages is
         the cost here, and file reads release the GIL)."""
@@ -55,18 +52,22 @@ class SafetensorsIndex:
             return dict(zip(plan, pool.map(self.read, plan.values()), strict=True))
 
     def read(self, names: list[str]) -> torch.Tensor:
-        """The tensors `names` concatenated along their first dimension, read into one new tensor."""
+        """The tensors `names` concatenated along their first dimension (one name: that tensor as it is),
+        read into one new tensor."""
         parts = [self._where[n] for n in names]
         dtype, rest = parts[0][1], parts[0][2][1:]
-        if any(p[1] != dtype or p[2][1:] != rest for p in parts):
+        if len(parts) > 1 and any(not p[2] or p[1] != dtype or p[2][1:] != rest for p in parts):
             raise CheckpointError(
                 f"{parts[0][0]}: tensors {names} differ in dtype or width; cannot fuse them."
             )
-        out = torch.empty([sum(p[2][0] for p in parts), *rest], dtype=dtype)
+        shape = parts[0][2] if len(parts) == 1 else [sum(p[2][0] for p in parts), *rest]
+        out = torch.empty(shape, dtype=dtype)
         row = 0
-        for name, (path, _, shape, start, end) in zip(names, parts, strict=True):
-            target = out[row : row + shape[0]]  # rows of a contiguous tensor: contiguous bytes
-            row += shape[0]
+        for name, (path, _, part_shape, start, end) in zip(names, parts, strict=True):
+            rows = part_shape[0] if part_shape else 1
+            # rows of a contiguous tensor are contiguous bytes (a scalar is its own single row)
+            target = out[row : row + rows] if part_shape else out
+            row += rows
             if target.numel() == 0:
                 continue
             buffer = memoryview(target.view(-1).view(torch.uint8).numpy())
@@ -96,6 +97,6 @@ class SafetensorsIndex:
             except (KeyError, TypeError, ValueError) as e:
                 raise CheckpointError(f"{path}: tensor {name!r} has an unreadable entry ({e}).") from e
             nbytes = prod(shape) * torch.empty(0, dtype=dtype).element_size()
-            if end - start != nbytes or end > size or not shape:
+            if end - start != nbytes or end > size:
                 raise CheckpointError(f"{path}: tensor {name!r} does not fit its shape or the file.")
             self._where[name] = (path, dtype, shape, start, end)
