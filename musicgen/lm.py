@@ -175,8 +175,9 @@ class LanguageModel(nn.Module):
         scores, values = [], []
         for layer in self.layers:
             k, v = self._cross_kv(layer, text, weight_only=True)  # [R', H, S, hd]
-            w_q = _float_weight(layer.cross_attn, "q_proj", slice(0, D)).view(H, hd, D)
-            w_o = _float_weight(layer.cross_attn.out_proj).view(D, H, hd)
+            attn = layer.cross_attn
+            w_q = _float_weight(attn.q_proj) if hasattr(attn, "q_proj") else attn.in_proj.weight[:D]
+            w_q, w_o = w_q.view(H, hd, D), _float_weight(attn.out_proj).view(D, H, hd)
             scores.append(torch.einsum("rhse,hed->rhsd", k, w_q).reshape(R, H * S, D) / math.sqrt(hd))
             values.append(torch.einsum("dhe,rhse->rdhs", w_o, v).reshape(R, D, H * S))
         bias = cross_bias(text_mask, text.dtype)  # [R', 1, 1, S]
@@ -360,15 +361,7 @@ class LanguageModel(nn.Module):
         return KVCache(self.cfg, batch, max_len, p.device, p.dtype)
 
 
-def _float_weight(
-    module: nn.Module, split_name: str | None = None, rows: slice | None = None
-) -> torch.Tensor:
-    """A projection's weight as a float tensor [out, in]: `module.<split_name>` when the module was split
-    (musicgen.quantize), else rows `rows` of its in_proj; an int8 Linear's weight is dequantized."""
-    if split_name is not None:
-        if hasattr(module, split_name):
-            module = getattr(module, split_name)
-        else:
-            return module.in_proj.weight[rows]
-    weight = module.weight() if callable(module.weight) else module.weight  # quantized Linears: a method
+def _float_weight(linear: nn.Module) -> torch.Tensor:
+    """A Linear's weight [out, in] as floats; an int8 one (musicgen.quantize: `weight()`) is dequantized."""
+    weight = linear.weight() if callable(linear.weight) else linear.weight
     return weight.dequantize() if weight.is_quantized else weight

@@ -6,8 +6,8 @@ slightly: this path is never on by default, and `python -m musicgen bench` repor
 tests bound its logit error against fp32.
 
 The cross-attention's fused in_proj is split first: decoding uses its query rows every step and its
-key/value rows once per request, and a quantized Linear does not expose its weight for slicing. The
-key/value part stays in float (it runs once per request on a few text tokens).
+key/value rows once per request, and a packed int8 weight cannot be sliced by rows. The key/value part
+stays in float (it runs once per request on a few text tokens).
 
 The int8 products are fbgemm's dynamic-quantization operators (`torch.ops.quantized.linear_dynamic`), called
 by `Int8Linear` directly rather than through `torch.ao.quantization.quantize_dynamic`, which is deprecated

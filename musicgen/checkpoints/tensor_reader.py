@@ -96,7 +96,7 @@ class SafetensorsIndex:
                 start, end = (8 + n + int(o) for o in info["data_offsets"])
             except (KeyError, TypeError, ValueError) as e:
                 raise CheckpointError(f"{path}: tensor {name!r} has an unreadable entry ({e}).") from e
-            nbytes = prod(shape) * torch.empty(0, dtype=dtype).element_size()
+            nbytes = prod(shape) * dtype.itemsize
             if end - start != nbytes or end > size:
                 raise CheckpointError(f"{path}: tensor {name!r} does not fit its shape or the file.")
             self._where[name] = (path, dtype, shape, start, end)
