@@ -23,6 +23,7 @@ query/key/value projections are one matrix, because on CPU the step is dominated
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -75,20 +76,22 @@ class Layer(nn.Module):
 class KVCache:
     """Keys and values of every layer, allocated once for a whole window.
 
-    k, v: [L, B, H, T_max, hd]. Cross-attention keys/values are computed once per request and kept in
+    k, v: [L, B, H, T_max, hd], the two halves of kv: [L, 2, B, H, T_max, hd] (one copy writes both in a
+    decode step). Cross-attention keys/values are computed once per request and kept in
     cross_k, cross_v: [L, B, H, S, hd], with cross_bias [B, 1, 1, S] (0 for a text token, a large negative
     number for padding, so padded tokens get no weight).
     """
 
     def __init__(self, cfg: LMConfig, batch: int, max_len: int, device, dtype):
-        shape = (cfg.num_layers, batch, cfg.num_heads, max_len, cfg.head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        shape = (cfg.num_layers, 2, batch, cfg.num_heads, max_len, cfg.head_dim)
+        self.kv = torch.zeros(shape, device=device, dtype=dtype)
+        self.k, self.v = self.kv[:, 0], self.kv[:, 1]
         self.max_len = max_len
         self.cross_k: torch.Tensor | None = None
         self.cross_v: torch.Tensor | None = None
         self.cross_bias: torch.Tensor | None = None
         self.cross_fold: CrossFold | None = None  # replaces cross_k/v when it reads fewer bytes
+        self.plan = None  # the one-position decode path's _DecodePlan, built at its first step
 
 
 class CrossFold:
@@ -103,10 +106,12 @@ class CrossFold:
 
     scores: [L, R', H*S, D] (scaled); values: [L, R', D, H*S]; bias: [R', 1, 1, S]; rows: [R'] indices.
     Both matrices are stored as (out, in) like a Linear weight, the layout a batch-1 product reads fastest.
+    `leading`: the rows are 0..R'-1 (CFG's conditional half comes first), so a slice reaches them.
     """
 
     def __init__(self, scores: torch.Tensor, values: torch.Tensor, bias: torch.Tensor, rows: torch.Tensor):
         self.scores, self.values, self.bias, self.rows = scores, values, bias, rows
+        self.leading = bool(torch.equal(rows.cpu(), torch.arange(len(rows))))
 
 
 class LanguageModel(nn.Module):
@@ -218,6 +223,8 @@ class LanguageModel(nn.Module):
         position: [B, K, card].
         """
         T = x.shape[1]
+        if T == 1:
+            return self._decode_one(x[:, 0], cache, start)
         end = start + T
         x = x + self.positions[start:end].to(x.dtype)
         # causal mask over the filled prefix: query i (absolute start+i) sees keys 0..start+i
@@ -233,6 +240,33 @@ class LanguageModel(nn.Module):
             return F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=causal)
 
         return self.logits(self._layers(x, self_attention, self._cached_cross(cache))[:, -1])
+
+    def _decode_one(self, x: torch.Tensor, cache: KVCache, pos: int) -> torch.Tensor:
+        """`forward_embeds` for one position, x [B, D] -> logits [B, K, card]: the decode loop's path.
+
+        The same arithmetic as `_layers` (bit for bit) in fewer operations, because on CPU each one costs
+        10-100 us against a step of ~100 ms: 2-D activations (no reshapes around the products), residual
+        additions inside the products (addmm), k and v written by one copy, cross-attention's layer norm
+        only on the rows that have text, and everything a layer reads gathered once per window
+        (`_DecodePlan`) rather than looked up through the modules at every step.
+        """
+        if cache.plan is None:
+            cache.plan = _DecodePlan(self, cache)
+        B, D = x.shape
+        H, hd, eps = self.cfg.num_heads, self.cfg.head_dim, self.cfg.layer_norm_eps
+        x = x + self.positions[pos].to(x.dtype)
+        for layer in cache.plan.layers:
+            h = F.layer_norm(x, (D,), layer.norm1[0], layer.norm1[1], eps)
+            qkv = _mm(layer.qkv, h).view(B, 3, H, 1, hd)
+            layer.kv.narrow(3, pos, 1).copy_(qkv[:, 1:].transpose(0, 1))
+            k, v = layer.kv[0].narrow(2, 0, pos + 1), layer.kv[1].narrow(2, 0, pos + 1)
+            a = F.scaled_dot_product_attention(qkv[:, 0], k, v)  # [B, H, 1, hd]
+            x = _mm_add(layer.out, a.reshape(B, D), x)
+            if layer.cross is not None:
+                x = layer.cross(x)
+            h = F.layer_norm(x, (D,), layer.norm2[0], layer.norm2[1], eps)
+            x = _mm_add(layer.ff2, F.gelu(_mm(layer.ff1, h)), x)
+        return self.logits(x)
 
     def step_static(self, x: torch.Tensor, cache: KVCache, position: torch.Tensor) -> torch.Tensor:
         """One decode position with static shapes, for `torch.compile(mode="reduce-overhead")` or graphs.
@@ -359,6 +393,76 @@ class LanguageModel(nn.Module):
             raise ValueError(f"a window of {max_len} positions exceeds the model's {self.cfg.max_positions}")
         p = self.embed.weight  # the embedding stays a float tensor whatever the Linear layers become
         return KVCache(self.cfg, batch, max_len, p.device, p.dtype)
+
+
+class _LayerPlan:
+    """What one layer's decode step reads: layer-norm (weight, bias) pairs, each projection as its weight
+    transposed [in, out] (a plain Linear) or as the module itself (int8, adapters), this layer's slice of
+    the key/value cache [2, B, H, T_max, hd], and its cross-attention as a function of x [B, D] (or None)."""
+
+    def __init__(self, lm: LanguageModel, i: int, cache: KVCache):
+        layer = lm.layers[i]
+        self.norm1 = (layer.norm1.weight, layer.norm1.bias)
+        self.norm2 = (layer.norm2.weight, layer.norm2.bias)
+        self.qkv, self.out = _projection(layer.self_attn.in_proj), _projection(layer.self_attn.out_proj)
+        self.ff1, self.ff2 = _projection(layer.ff1), _projection(layer.ff2)
+        self.kv = cache.kv[i]
+        self.cross = None
+        if lm.cfg.conditioning == "cross":
+            fold = cache.cross_fold
+            if fold is None:
+                self.cross = functools.partial(_plain_cross_one, lm, i, layer, cache)
+            elif len(fold.rows) > 0:  # no row has text: cross-attention adds nothing
+                self.cross = functools.partial(_folded_cross_one, lm.cfg, i, layer, fold)
+
+
+class _DecodePlan:
+    """Every layer's `_LayerPlan`, gathered once per window (weights do not change during one)."""
+
+    def __init__(self, lm: LanguageModel, cache: KVCache):
+        self.layers = [_LayerPlan(lm, i, cache) for i in range(len(lm.layers))]
+
+
+def _plain_cross_one(lm: LanguageModel, i: int, layer: Layer, cache: KVCache, x: torch.Tensor):
+    """x [B, D] with layer i's cross-attention over the cached text keys/values added."""
+    B, D = x.shape
+    h = F.layer_norm(x, (D,), layer.norm_cross.weight, layer.norm_cross.bias, lm.cfg.layer_norm_eps)
+    q = lm._cross_query(layer, h[:, None], training=False)
+    a = F.scaled_dot_product_attention(q, cache.cross_k[i], cache.cross_v[i], attn_mask=cache.cross_bias)
+    return x + lm._cross_out(layer, a)[:, 0]
+
+
+def _folded_cross_one(cfg: LMConfig, i: int, layer: Layer, fold: CrossFold, x: torch.Tensor):
+    """x [B, D] with layer i's cross-attention added through its CrossFold."""
+    H, S, R = cfg.num_heads, fold.bias.shape[-1], len(fold.rows)
+    rows = x[:R] if fold.leading else x.index_select(0, fold.rows)
+    norm = layer.norm_cross
+    h = F.layer_norm(rows, rows.shape[-1:], norm.weight, norm.bias, cfg.layer_norm_eps)[:, None]  # [R', 1, D]
+    scores = torch.bmm(h, fold.scores[i].transpose(1, 2)).view(R, 1, H, S)
+    weights = torch.softmax(scores + fold.bias, dim=-1).view(R, 1, H * S)
+    added = torch.bmm(weights, fold.values[i].transpose(1, 2))[:, 0]  # [R', D]
+    if not fold.leading:
+        return x.index_add(0, fold.rows, added)
+    return torch.cat([rows + added, x[R:]]) if R < len(x) else rows + added
+
+
+def _projection(linear: nn.Module):
+    """A plain bias-free Linear's weight transposed [in, out] (one mm per call), else the module."""
+    if type(linear) is nn.Linear and linear.bias is None:
+        return linear.weight.t()
+    return linear
+
+
+def _mm(projection, x: torch.Tensor) -> torch.Tensor:
+    """x [B, in] -> [B, out] through a `_projection`."""
+    return torch.mm(x, projection) if isinstance(projection, torch.Tensor) else projection(x)
+
+
+def _mm_add(projection, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    """residual + projection(x); for a weight, the addition inside the product (addmm, bit-equal)."""
+    if isinstance(projection, torch.Tensor):
+        return torch.addmm(residual, x, projection)
+    return residual + projection(x)
 
 
 def _float_weight(linear: nn.Module) -> torch.Tensor:

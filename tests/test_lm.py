@@ -10,9 +10,11 @@ from musicgen.lm import cross_bias
 @pytest.mark.parametrize(
     "kind, fold", [("mono", False), ("mono", True), ("stereo", False), ("stereo", True), ("melody", None)]
 )
-def test_teacher_forced_logits_equal_cached_decoding(tiny, kind, fold, monkeypatch):
+@pytest.mark.parametrize("empty_row_first", [False, True])
+def test_teacher_forced_logits_equal_cached_decoding(tiny, kind, fold, empty_row_first, monkeypatch):
     """Decoding with plain cross-attention keys/values and with their CrossFold (projections folded into
-    the text, rows without text left out) both give the training pass's logits."""
+    the text, rows without text left out) both give the training pass's logits, whether the rows with
+    text lead the batch (as under CFG) or not."""
     lm = tiny.engine(kind).lm
     monkeypatch.setattr(lm, "fold_cross", fold)
     cfg = lm.cfg
@@ -22,6 +24,8 @@ def test_teacher_forced_logits_equal_cached_decoding(tiny, kind, fold, monkeypat
     states = torch.randn(B, 5, cfg.text_dim, generator=gen)
     # a full prompt, a padded one, and a row without text (as CFG's unconditional half)
     mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [0, 0, 0, 0, 0]], dtype=torch.float32)
+    if empty_row_first:
+        mask = mask.flip(0)
     chroma = null_chroma(B, 7)
     with torch.no_grad():
         full = lm(codes, states, mask, chroma)
@@ -35,6 +39,8 @@ def test_teacher_forced_logits_equal_cached_decoding(tiny, kind, fold, monkeypat
         if prefix is None:
             lm.prepare_cross(cache, text, mask)
             assert (cache.cross_fold is not None) == fold
+            if fold:
+                assert cache.cross_fold.leading != empty_row_first
             x = lm.embed_codes(codes[:, :, :1])
         else:
             x = torch.cat([prefix, lm.embed_codes(codes[:, :, :1])], dim=1)
