@@ -35,6 +35,11 @@ this order (MB = 2**20 bytes; seconds are wall-clock, `time.perf_counter`):
 - `int8_top1_agreement`, `int8_logit_rel_error` (musicgen-int8 only): how far its logits are from fp32's
   on the same weights, fed the same random token sequence of 10 + `--steps` positions.
 
+`vs_transformers` is a record's steps_per_s over transformers' measured in the same round. The machines
+this runs on are shared and drift within minutes, so `--rounds N` measures every implementation N times,
+every other round in reverse order, and the table ends with each implementation's ratio per round and
+their median.
+
 A later implementation joins by adding an `Impl` to `IMPLS`.
 
 This module imports only the standard library at the top, so the CLI starts fast and `import_s` is honest.
@@ -48,6 +53,7 @@ import datetime
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -593,11 +599,13 @@ def run_bench(
     impls: list[str],
     cache: Path | None = None,
     on_record: Callable[[dict[str, Any]], None] | None = None,
+    rounds: int = 1,
 ) -> list[dict[str, Any]]:
-    """Builds (or reuses) the checkpoint of `spec`, then measures each implementation in a fresh process.
+    """Builds (or reuses) the checkpoint of `spec`, then measures each implementation in a fresh process,
+    `rounds` times over (records then carry `round`), every other round in reverse order.
 
     cache: folder that keeps the checkpoints between runs; None: a temporary folder, removed at the end.
-    on_record: called with each implementation's record as soon as it is measured.
+    on_record: called with each record once its round is measured.
     An implementation whose process fails gets a record with `error` instead of measurements.
     """
     temporary = cache is None
@@ -612,30 +620,67 @@ def run_bench(
             "checkpoint": str(folder),
         }
         records = []
-        for name in impls:
-            _warm_file_cache(folder)
-            _log(f"measuring {name} on {spec.name} ...")
-            job = {"task": "measure", "impl": name, "folder": str(folder), "settings": asdict(settings)}
-            try:
-                record = _run_child(job)
-            except BenchError as e:  # the other implementations still get measured
-                _log(str(e))
-                record = {"impl": name, "error": str(e)}
-            record = {"impl": record.pop("impl"), **common, **record}
-            records.append(record)
+        for r in range(rounds):
+            # odd rounds run in reverse, so that a machine drifting during a run favours no implementation
+            order = impls if r % 2 == 0 else impls[::-1]
+            measured = [_measure_in_child(name, folder, spec, settings, common) for name in order]
+            if rounds > 1:
+                for record in measured:
+                    record["round"] = r + 1
+            _add_ratios(measured)
+            measured.sort(key=lambda record: impls.index(record["impl"]))
+            records += measured
             if on_record is not None:
-                on_record(record)
+                for record in measured:
+                    on_record(record)
         return records
     finally:
         if temporary:
             shutil.rmtree(root, ignore_errors=True)
 
 
+def _measure_in_child(
+    name: str, folder: Path, spec: CheckpointSpec, settings: Settings, common: dict
+) -> dict[str, Any]:
+    _warm_file_cache(folder)
+    _log(f"measuring {name} on {spec.name} ...")
+    job = {"task": "measure", "impl": name, "folder": str(folder), "settings": asdict(settings)}
+    try:
+        record = _run_child(job)
+    except BenchError as e:  # the other implementations still get measured
+        _log(str(e))
+        record = {"impl": name, "error": str(e)}
+    return {"impl": record.pop("impl"), **common, **record}
+
+
+def _add_ratios(records: list[dict[str, Any]]) -> None:
+    """`vs_transformers`: each record's steps/s over transformers' of the same round (when both exist)."""
+    reference = next((r.get("steps_per_s") for r in records if r["impl"] == "transformers"), None)
+    for r in records:
+        if reference and r.get("steps_per_s"):
+            r["vs_transformers"] = round(r["steps_per_s"] / reference, 3)
+
+
+def summarize_rounds(records: list[dict[str, Any]]) -> list[str]:
+    """One line per implementation: its steps/s over transformers' in each round, and the median."""
+    lines = []
+    for impl in dict.fromkeys(r["impl"] for r in records if r["impl"] != "transformers"):
+        ratios = [r["vs_transformers"] for r in records if r["impl"] == impl and "vs_transformers" in r]
+        if ratios:
+            each = ", ".join(f"{x:.2f}" for x in ratios)
+            lines.append(
+                f"{impl}: x transformers' steps/s per round {each}; median {statistics.median(ratios):.2f}"
+            )
+    return lines
+
+
 _COLUMNS = [
+    ("round", "round", "{}"),
     ("impl", "impl", "{}"),
     ("arch", "arch", "{}"),
     ("batch", "batch", "{}"),
     ("steps_per_s", "steps/s", "{:.2f}"),
+    ("vs_transformers", "x transformers", "{:.2f}"),
     ("bound_steps_per_s", "bound steps/s", "{:.2f}"),
     ("bandwidth_gbs", "GB/s", "{:.1f}"),
     ("e2e_s_per_audio_s", "e2e s per audio s", "{:.3f}"),
@@ -649,16 +694,15 @@ _COLUMNS = [
 
 
 def format_table(records: list[dict[str, Any]]) -> str:
-    """The records as a table with aligned columns."""
-    header = [title for _, title, _ in _COLUMNS]
-    rows = [
-        [("-" if r.get(key) is None else fmt.format(r[key])) for key, _, fmt in _COLUMNS] for r in records
-    ]
+    """The records as a table with aligned columns (a round column only when there are rounds)."""
+    columns = [c for c in _COLUMNS if c[0] != "round" or any("round" in r for r in records)]
+    header = [title for _, title, _ in columns]
+    rows = [[("-" if r.get(key) is None else fmt.format(r[key])) for key, _, fmt in columns] for r in records]
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     lines = [
         "  ".join(
-            cell.rjust(w) if i > 1 else cell.ljust(w)
-            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+            cell.ljust(w) if key in ("impl", "arch") else cell.rjust(w)
+            for (key, _, _), cell, w in zip(columns, row, widths, strict=True)
         )
         for row in [header, *rows]
     ]
@@ -682,6 +726,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=1, help="clips per generate call (default 1)")
     p.add_argument("--steps", type=int, default=100, help="decode steps timed for steps/s (default 100)")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per measurement; the best counts")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="measure every implementation this many times, every other round in reverse order (default 1)",
+    )
     p.add_argument("--seconds", type=float, default=2.0, help="audio per clip of the end-to-end run")
     p.add_argument("--top-k", type=int, default=250)
     p.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance scale")
@@ -696,8 +746,8 @@ def run_cli(args: argparse.Namespace) -> int:
     """`python -m musicgen bench` with parsed `args`."""
     from .errors import InvalidInputError
 
-    if args.batch < 1 or args.steps < 1 or args.repeats < 1:
-        raise InvalidInputError("--batch, --steps and --repeats must be at least 1.")
+    if args.batch < 1 or args.steps < 1 or args.repeats < 1 or args.rounds < 1:
+        raise InvalidInputError("--batch, --steps, --repeats and --rounds must be at least 1.")
     if not args.seconds > 0:
         raise InvalidInputError("--seconds must be positive.")
     if args.threads is not None and args.threads < 1:
@@ -719,7 +769,7 @@ def run_cli(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(record), flush=True)
 
-    records = run_bench(spec, settings, impls, args.cache, on_record=emit)
+    records = run_bench(spec, settings, impls, args.cache, on_record=emit, rounds=args.rounds)
     if not args.json:
         first = records[0]
         print(
@@ -729,6 +779,8 @@ def run_cli(args: argparse.Namespace) -> int:
             f"end to end for {settings.seconds} s clips, best of {settings.repeats}"
         )
         print(format_table(records))
+        for line in summarize_rounds(records):
+            print(line)
         for r in records:
             if "error" in r:
                 print(f"{r['impl']}: {r['error']}")

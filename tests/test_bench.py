@@ -77,6 +77,34 @@ def test_json_lines_for_both_implementations(cache, capsys):
     assert "steps/s" in table and "musicgen" in table and "transformers" in table
 
 
+def test_rounds_alternate_the_order_and_give_each_round_its_ratio(cache, monkeypatch, capsys):
+    """--rounds: every implementation measured once per round, odd rounds in reverse; each record's ratio
+    is to transformers' steps/s of its own round; the table ends with the ratios and their median."""
+    order = []
+    speeds = iter([10.0, 5.0, 4.0, 6.0, 9.0, 6.0])  # musicgen, transformers, transformers, musicgen, ...
+
+    def fake_child(job):
+        order.append(job["impl"])
+        return {"impl": job["impl"], "steps_per_s": next(speeds)}
+
+    monkeypatch.setattr(bench, "_run_child", fake_child)
+    args = ["bench", "--arch", "tiny", "--stereo", "--cache", str(cache), "--rounds", "3"]
+    assert main([*args, "--impl", "musicgen", "--impl", "transformers"]) == 0
+    assert order == ["musicgen", "transformers", "transformers", "musicgen", "musicgen", "transformers"]
+    out = capsys.readouterr().out
+    assert "x transformers' steps/s per round 2.00, 1.50, 1.50; median 1.50" in out
+
+    speeds = iter([10.0, 5.0, 4.0, 6.0])
+    assert main([*args[:-1], "2", "--json", "--impl", "musicgen", "--impl", "transformers"]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.strip()]
+    assert [(r["round"], r["impl"], r["vs_transformers"]) for r in records] == [
+        (1, "musicgen", 2.0),
+        (1, "transformers", 1.0),
+        (2, "musicgen", 1.5),
+        (2, "transformers", 1.0),
+    ]
+
+
 def test_a_finished_checkpoint_is_reused(cache, monkeypatch):
     def no_child(job):
         raise AssertionError(f"rebuilt: {job}")
@@ -110,3 +138,5 @@ def test_bad_options_fail_before_any_work(capsys, monkeypatch):
     monkeypatch.setattr(bench, "run_bench", lambda *a, **k: pytest.fail("ran"))
     assert main(["bench", "--arch", "tiny", "--steps", "0"]) == 2
     assert "--steps" in capsys.readouterr().err
+    assert main(["bench", "--arch", "tiny", "--rounds", "0"]) == 2
+    assert "--rounds" in capsys.readouterr().err
