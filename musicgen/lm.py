@@ -244,8 +244,8 @@ class LanguageModel(nn.Module):
     def _decode_one(self, x: torch.Tensor, cache: KVCache, pos: int) -> torch.Tensor:
         """`forward_embeds` for one position, x [B, D] -> logits [B, K, card]: the decode loop's path.
 
-        The same arithmetic as `_layers` (bit for bit) in fewer operations, because on CPU each one costs
-        10-100 us against a step of ~100 ms: 2-D activations (no reshapes around the products), residual
+        The same arithmetic as `_layers` (bit-equal logits on CPU, measured) in fewer operations, because
+        on CPU each one costs 10-100 us against a step of ~100 ms: 2-D activations (no reshapes around the products), residual
         additions inside the products (addmm), k and v written by one copy, cross-attention's layer norm
         only on the rows that have text, and everything a layer reads gathered once per window
         (`_DecodePlan`) rather than looked up through the modules at every step.
@@ -459,7 +459,8 @@ def _mm(projection, x: torch.Tensor) -> torch.Tensor:
 
 
 def _mm_add(projection, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-    """residual + projection(x); for a weight, the addition inside the product (addmm, bit-equal)."""
+    """residual + projection(x); for a weight, the addition inside the product (addmm; MKL gives the same
+    bits as a product then an addition)."""
     if isinstance(projection, torch.Tensor):
         return torch.addmm(residual, x, projection)
     return residual + projection(x)
