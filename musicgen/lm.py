@@ -246,8 +246,7 @@ class LanguageModel(nn.Module):
 
         The same arithmetic as `_layers` (bit-equal logits on CPU, measured) in fewer operations, because
         on CPU each one costs 10-100 us against a step of ~100 ms: 2-D activations (no reshapes around the products), residual
-        additions inside the products (addmm), k and v written by one copy, cross-attention's layer norm
-        only on the rows that have text, and everything a layer reads gathered once per window
+        additions inside the products (addmm), k and v written by one copy, and everything a layer reads gathered once per window
         (`_DecodePlan`) rather than looked up through the modules at every step.
         """
         if cache.plan is None:
@@ -263,7 +262,7 @@ class LanguageModel(nn.Module):
             a = F.scaled_dot_product_attention(qkv[:, 0], k, v)  # [B, H, 1, hd]
             x = _mm_add(layer.out, a.reshape(B, D), x)
             if layer.cross is not None:
-                x = layer.cross(x)
+                x = layer.cross(x[:, None])[:, 0]
             h = F.layer_norm(x, (D,), layer.norm2[0], layer.norm2[1], eps)
             x = _mm_add(layer.ff2, F.gelu(_mm(layer.ff1, h)), x)
         return self.logits(x)
@@ -315,8 +314,8 @@ class LanguageModel(nn.Module):
         if self.cfg.conditioning == "cross":
             bias = cross_bias(text_mask, x.dtype)
 
-            def cross(i, layer, h, x):
-                q = self._cross_query(layer, h, training=True)
+            def cross(i, layer, x):
+                q = self._cross_query(layer, layer.norm_cross(x), training=True)
                 k, v = self._cross_kv(layer, text, weight_only=False)
                 a = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
                 return x + self._cross_out(layer, a)
@@ -330,8 +329,8 @@ class LanguageModel(nn.Module):
         fold = cache.cross_fold
         if fold is None:
 
-            def cross(i, layer, h, x):
-                q = self._cross_query(layer, h, training=False)
+            def cross(i, layer, x):
+                q = self._cross_query(layer, layer.norm_cross(x), training=False)
                 a = F.scaled_dot_product_attention(
                     q, cache.cross_k[i], cache.cross_v[i], attn_mask=cache.cross_bias
                 )
@@ -341,14 +340,19 @@ class LanguageModel(nn.Module):
 
         if len(fold.rows) == 0:  # no row has text: cross-attention adds nothing
             return None
-        H, S = self.cfg.num_heads, fold.bias.shape[-1]
+        H, S, R = self.cfg.num_heads, fold.bias.shape[-1], len(fold.rows)
 
-        def folded(i, layer, h, x):
-            h = h.index_select(0, fold.rows)  # [R', T, D]
-            R, T, _ = h.shape
+        def folded(i, layer, x):
+            # only the rows with text are normed and moved; a slice reaches them when they lead the batch
+            rows = x[:R] if fold.leading else x.index_select(0, fold.rows)  # [R', T, D]
+            h = layer.norm_cross(rows)
+            T = h.shape[1]
             scores = torch.bmm(h, fold.scores[i].transpose(1, 2)).view(R, T, H, S)
             weights = torch.softmax(scores + fold.bias, dim=-1).view(R, T, -1)
-            return x.index_add(0, fold.rows, torch.bmm(weights, fold.values[i].transpose(1, 2)))
+            added = torch.bmm(weights, fold.values[i].transpose(1, 2))
+            if not fold.leading:
+                return x.index_add(0, fold.rows, added)
+            return torch.cat([rows + added, x[R:]]) if R < len(x) else rows + added
 
         return folded
 
@@ -356,8 +360,8 @@ class LanguageModel(nn.Module):
         """The transformer body: x [B, T, D] -> hidden states [B, T, D] before the final norm.
 
         self_attention(i, q, k, v) attends for layer i (writing caches as it needs; q, k, v: [B, H, T, hd]);
-        cross_attention(i, layer, h, x) returns the residual stream x [B, T, D] with layer i's cross-attention
-        of the normed states h [B, T, D] added.
+        cross_attention(i, layer, x) returns the residual stream x [B, T, D] with layer i's cross-attention
+        added (its own layer norm included).
         """
         B, T, D = x.shape
         H, hd = self.cfg.num_heads, self.cfg.head_dim
@@ -367,7 +371,7 @@ class LanguageModel(nn.Module):
             a = self_attention(i, q, k, v)
             x = x + layer.self_attn.out_proj(a.transpose(1, 2).reshape(B, T, D))
             if cross_attention is not None:
-                x = cross_attention(i, layer, layer.norm_cross(x), x)
+                x = cross_attention(i, layer, x)
             h = layer.norm2(x)
             x = x + layer.ff2(F.gelu(layer.ff1(h)))
         return x
@@ -398,52 +402,25 @@ class LanguageModel(nn.Module):
 class _LayerPlan:
     """What one layer's decode step reads: layer-norm (weight, bias) pairs, each projection as its weight
     transposed [in, out] (a plain Linear) or as the module itself (int8, adapters), this layer's slice of
-    the key/value cache [2, B, H, T_max, hd], and its cross-attention as a function of x [B, D] (or None)."""
+    the key/value cache [2, B, H, T_max, hd], and its cross-attention as a function of x [B, 1, D] (or None).
+    """
 
-    def __init__(self, lm: LanguageModel, i: int, cache: KVCache):
+    def __init__(self, lm: LanguageModel, i: int, cache: KVCache, cross):
         layer = lm.layers[i]
         self.norm1 = (layer.norm1.weight, layer.norm1.bias)
         self.norm2 = (layer.norm2.weight, layer.norm2.bias)
         self.qkv, self.out = _projection(layer.self_attn.in_proj), _projection(layer.self_attn.out_proj)
         self.ff1, self.ff2 = _projection(layer.ff1), _projection(layer.ff2)
         self.kv = cache.kv[i]
-        self.cross = None
-        if lm.cfg.conditioning == "cross":
-            fold = cache.cross_fold
-            if fold is None:
-                self.cross = functools.partial(_plain_cross_one, lm, i, layer, cache)
-            elif len(fold.rows) > 0:  # no row has text: cross-attention adds nothing
-                self.cross = functools.partial(_folded_cross_one, lm.cfg, i, layer, fold)
+        self.cross = None if cross is None else functools.partial(cross, i, layer)
 
 
 class _DecodePlan:
     """Every layer's `_LayerPlan`, gathered once per window (weights do not change during one)."""
 
     def __init__(self, lm: LanguageModel, cache: KVCache):
-        self.layers = [_LayerPlan(lm, i, cache) for i in range(len(lm.layers))]
-
-
-def _plain_cross_one(lm: LanguageModel, i: int, layer: Layer, cache: KVCache, x: torch.Tensor):
-    """x [B, D] with layer i's cross-attention over the cached text keys/values added."""
-    B, D = x.shape
-    h = F.layer_norm(x, (D,), layer.norm_cross.weight, layer.norm_cross.bias, lm.cfg.layer_norm_eps)
-    q = lm._cross_query(layer, h[:, None], training=False)
-    a = F.scaled_dot_product_attention(q, cache.cross_k[i], cache.cross_v[i], attn_mask=cache.cross_bias)
-    return x + lm._cross_out(layer, a)[:, 0]
-
-
-def _folded_cross_one(cfg: LMConfig, i: int, layer: Layer, fold: CrossFold, x: torch.Tensor):
-    """x [B, D] with layer i's cross-attention added through its CrossFold."""
-    H, S, R = cfg.num_heads, fold.bias.shape[-1], len(fold.rows)
-    rows = x[:R] if fold.leading else x.index_select(0, fold.rows)
-    norm = layer.norm_cross
-    h = F.layer_norm(rows, rows.shape[-1:], norm.weight, norm.bias, cfg.layer_norm_eps)[:, None]  # [R', 1, D]
-    scores = torch.bmm(h, fold.scores[i].transpose(1, 2)).view(R, 1, H, S)
-    weights = torch.softmax(scores + fold.bias, dim=-1).view(R, 1, H * S)
-    added = torch.bmm(weights, fold.values[i].transpose(1, 2))[:, 0]  # [R', D]
-    if not fold.leading:
-        return x.index_add(0, fold.rows, added)
-    return torch.cat([rows + added, x[R:]]) if R < len(x) else rows + added
+        cross = lm._cached_cross(cache)  # None when there is no cross-attention or no row has text
+        self.layers = [_LayerPlan(lm, i, cache, cross) for i in range(len(lm.layers))]
 
 
 def _projection(linear: nn.Module):
