@@ -23,7 +23,6 @@ query/key/value projections are one matrix, because on CPU the step is dominated
 
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
@@ -31,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import LMConfig
+from .decode_script import scripted_decode_step
 
 
 def sinusoidal_table(num_positions: int, dim: int) -> torch.Tensor:
@@ -223,8 +223,8 @@ class LanguageModel(nn.Module):
         position: [B, K, card].
         """
         T = x.shape[1]
-        if T == 1:
-            return self._decode_one(x[:, 0], cache, start)
+        if T == 1 and (logits := self._decode_one(x[:, 0], cache, start)) is not None:
+            return logits
         end = start + T
         x = x + self.positions[start:end].to(x.dtype)
         # causal mask over the filled prefix: query i (absolute start+i) sees keys 0..start+i
@@ -241,31 +241,27 @@ class LanguageModel(nn.Module):
 
         return self.logits(self._layers(x, self_attention, self._cached_cross(cache))[:, -1])
 
-    def _decode_one(self, x: torch.Tensor, cache: KVCache, pos: int) -> torch.Tensor:
-        """`forward_embeds` for one position, x [B, D] -> logits [B, K, card]: the decode loop's path.
+    def _decode_one(self, x: torch.Tensor, cache: KVCache, pos: int) -> torch.Tensor | None:
+        """`forward_embeds` for one position, x [B, D] -> logits [B, K, card]: the decode loop's path, run by
+        `musicgen.decode_script` (the same arithmetic as `_layers`, bit-equal logits on CPU, measured).
 
-        The same arithmetic as `_layers` (bit-equal logits on CPU, measured) in fewer operations, because
-        on CPU each one costs 10-100 us against a step of ~100 ms: 2-D activations (no reshapes around the products), residual
-        additions inside the products (addmm), k and v written by one copy, and everything a layer reads gathered once per window
-        (`_DecodePlan`) rather than looked up through the modules at every step.
+        None when a projection is neither a plain Linear nor int8 (an adapter wrapped around it, say): the
+        caller then runs the general path, which calls the modules.
         """
         if cache.plan is None:
-            cache.plan = _DecodePlan(self, cache)
-        B, D = x.shape
-        H, hd, eps = self.cfg.num_heads, self.cfg.head_dim, self.cfg.layer_norm_eps
-        x = x + self.positions[pos].to(x.dtype)
-        for layer in cache.plan.layers:
-            h = F.layer_norm(x, (D,), layer.norm1[0], layer.norm1[1], eps)
-            qkv = _mm(layer.qkv, h).view(B, 3, H, 1, hd)
-            layer.kv.narrow(3, pos, 1).copy_(qkv[:, 1:].transpose(0, 1))
-            k, v = layer.kv[0].narrow(2, 0, pos + 1), layer.kv[1].narrow(2, 0, pos + 1)
-            a = F.scaled_dot_product_attention(qkv[:, 0], k, v)  # [B, H, 1, hd]
-            x = _mm_add(layer.out, a.reshape(B, D), x)
-            if layer.cross is not None:
-                x = layer.cross(x[:, None])[:, 0]
-            h = F.layer_norm(x, (D,), layer.norm2[0], layer.norm2[1], eps)
-            x = _mm_add(layer.ff2, F.gelu(_mm(layer.ff1, h)), x)
-        return self.logits(x)
+            cache.plan = _DecodePlan.build(self, cache) or False
+        plan = cache.plan
+        if plan is False:
+            return None
+        # unoptimized execution (a thread-local switch): no profiling runs and no fusion of operations,
+        # so the script runs exactly the kernels eager code runs, on CPU and CUDA alike, and no slower here
+        with torch.jit.optimized_execution(False):
+            logits = scripted_decode_step()(
+                x, pos, self.positions, plan.norms, plan.weights, plan.packed, plan.cross_weights,
+                plan.cross_packed, cache.kv, self.cfg.num_heads, self.cfg.layer_norm_eps, plan.cross,
+                plan.cross_a, plan.cross_b, plan.cross_bias, plan.fold_rows, plan.fold_leading,
+            )  # fmt: skip
+        return logits.view(x.shape[0], self.cfg.num_codebooks, self.cfg.card)
 
     def step_static(self, x: torch.Tensor, cache: KVCache, position: torch.Tensor) -> torch.Tensor:
         """One decode position with static shapes, for `torch.compile(mode="reduce-overhead")` or graphs.
@@ -399,48 +395,65 @@ class LanguageModel(nn.Module):
         return KVCache(self.cfg, batch, max_len, p.device, p.dtype)
 
 
-class _LayerPlan:
-    """What one layer's decode step reads: layer-norm (weight, bias) pairs, each projection as its weight
-    transposed [in, out] (a plain Linear) or as the module itself (int8, adapters), this layer's slice of
-    the key/value cache [2, B, H, T_max, hd], and its cross-attention as a function of x [B, 1, D] (or None).
-    """
-
-    def __init__(self, lm: LanguageModel, i: int, cache: KVCache, cross):
-        layer = lm.layers[i]
-        self.norm1 = (layer.norm1.weight, layer.norm1.bias)
-        self.norm2 = (layer.norm2.weight, layer.norm2.bias)
-        self.qkv, self.out = _projection(layer.self_attn.in_proj), _projection(layer.self_attn.out_proj)
-        self.ff1, self.ff2 = _projection(layer.ff1), _projection(layer.ff2)
-        self.kv = cache.kv[i]
-        self.cross = None if cross is None else functools.partial(cross, i, layer)
-
-
 class _DecodePlan:
-    """Every layer's `_LayerPlan`, gathered once per window (weights do not change during one)."""
+    """What `musicgen.decode_script.decode_step` reads besides the activations and the cache, gathered
+    once per window (weights do not change during one); the layout is that module's docstring."""
 
-    def __init__(self, lm: LanguageModel, cache: KVCache):
-        cross = lm._cached_cross(cache)  # None when there is no cross-attention or no row has text
-        self.layers = [_LayerPlan(lm, i, cache, cross) for i in range(len(lm.layers))]
+    def __init__(self):
+        self.norms: list[torch.Tensor] = []
+        self.weights: list[torch.Tensor] = []
+        self.packed: list = []
+        self.cross_weights: list[torch.Tensor] = []
+        self.cross_packed: list = []
+        self.cross = "none"
+        self.cross_a = self.cross_b = self.cross_bias = self.fold_rows = torch.empty(0)
+        self.fold_leading = False
+
+    @classmethod
+    def build(cls, lm: LanguageModel, cache: KVCache) -> _DecodePlan | None:
+        """The plan for `lm` decoding into `cache`, or None when a projection is of neither kind."""
+        plan = cls()
+        projections, cross_projections = [], []
+        absent = (torch.empty(0), torch.empty(0))  # melody models have no cross-attention norm
+        for layer in lm.layers:
+            norm_cross = getattr(layer, "norm_cross", None)
+            plan.norms += [layer.norm1.weight, layer.norm1.bias]
+            plan.norms += [norm_cross.weight, norm_cross.bias] if norm_cross is not None else absent
+            plan.norms += [layer.norm2.weight, layer.norm2.bias]
+            projections += [layer.self_attn.in_proj, layer.self_attn.out_proj, layer.ff1, layer.ff2]
+            if cache.cross_k is not None:  # plain cross-attention: its query and output projections
+                attn = layer.cross_attn
+                # int8 models split the query rows off the fused in_proj (musicgen.quantize)
+                cross_projections += [attn.q_proj if hasattr(attn, "q_proj") else attn.in_proj, attn.out_proj]
+        plan.norms += [lm.out_norm.weight, lm.out_norm.bias]
+        projections.append(lm.heads)
+        kinds = {_projection_kind(p) for p in projections + cross_projections}
+        if kinds == {"int8"}:
+            plan.packed = [p.packed for p in projections]
+            plan.cross_packed = [p.packed for p in cross_projections]
+        elif kinds == {"float"}:
+            plan.weights = [p.weight.t() for p in projections]
+            # [:D]: the query rows of a fused in_proj (all of out_proj's D rows)
+            plan.cross_weights = [p.weight[: lm.cfg.dim].t() for p in cross_projections]
+        else:
+            return None
+        if cache.cross_fold is not None and len(cache.cross_fold.rows) > 0:
+            fold = cache.cross_fold
+            plan.cross, plan.cross_a, plan.cross_b = "folded", fold.scores, fold.values
+            plan.cross_bias, plan.fold_rows, plan.fold_leading = fold.bias, fold.rows, fold.leading
+        elif cache.cross_k is not None:
+            plan.cross, plan.cross_a, plan.cross_b = "plain", cache.cross_k, cache.cross_v
+            plan.cross_bias = cache.cross_bias
+        return plan
 
 
-def _projection(linear: nn.Module):
-    """A plain bias-free Linear's weight transposed [in, out] (one mm per call), else the module."""
+def _projection_kind(linear: nn.Module) -> str | None:
+    """'float' for a plain bias-free Linear, 'int8' for an Int8Linear (musicgen.quantize), else None."""
     if type(linear) is nn.Linear and linear.bias is None:
-        return linear.weight.t()
-    return linear
-
-
-def _mm(projection, x: torch.Tensor) -> torch.Tensor:
-    """x [B, in] -> [B, out] through a `_projection`."""
-    return torch.mm(x, projection) if isinstance(projection, torch.Tensor) else projection(x)
-
-
-def _mm_add(projection, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-    """residual + projection(x); for a weight, the addition inside the product (addmm; MKL gives the same
-    bits as a product then an addition)."""
-    if isinstance(projection, torch.Tensor):
-        return torch.addmm(residual, x, projection)
-    return residual + projection(x)
+        return "float"
+    if hasattr(linear, "packed"):
+        return "int8"
+    return None
 
 
 def _float_weight(linear: nn.Module) -> torch.Tensor:
