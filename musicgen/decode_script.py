@@ -1,19 +1,20 @@
 """The decode loop's step (one position through every layer) as one TorchScript function.
 
 Why TorchScript: on CPU a step of musicgen-small streams ~1.3 GB of weights in ~65 ms and spends the rest
-on ~600 small operations between the products. Each one pays Python's interpreter and the module lookups,
-whose state the weight stream has just evicted from the caches; run from TorchScript's interpreter the
-same operations (same kernels, bit-equal logits) took ~10 % less of the whole step (docs/PERFORMANCE.md).
+on ~600 small operations between the products. From Python, each one also runs the interpreter, whose
+state the weight stream has just evicted from the caches; from TorchScript's interpreter the same
+operations (same kernels, bit-equal logits) took ~10 % less of the whole step (docs/PERFORMANCE.md).
 A hand-written C++ extension measured no faster than this and would need a compiler in the container;
 `torch.compile` of a layer compiled for 45 s and was no faster.
 
-Everything a step reads is gathered once per window into a `DecodePlan` of flat lists, because a script
-cannot call modules: layer i's projections (fused q/k/v, attention output, ff1, ff2) are `weights[4i .. 4i + 3]` (the heads at
-4L), its cross-attention's query and output projections `cross_weights[2i]`, `cross_weights[2i + 1]`
-(used only by plain cross-attention), and `norms[6i + 2n]`, `norms[6i + 2n + 1]` the (weight, bias) of its norm
-n = 0 (self-attention), 1 (cross-attention), 2 (feed-forward); out_norm at 6L. A projection is a float
-weight transposed [in, out] (one mm per call), or, when the `packed` lists are not empty, an int8
-`Int8Linear`'s packed weight at the same index (musicgen.quantize).
+Everything a step reads is gathered once per window into a plan of flat lists (`lm._DecodePlan`), because
+a script cannot call modules: layer i's projections (fused q/k/v, attention output, ff1, ff2) are
+`weights[4i .. 4i + 3]` (the heads at 4L), its cross-attention's query and output projections
+`cross_weights[2i]` and `cross_weights[2i + 1]` (read only by plain cross-attention), and
+`norms[6i + 2n]`, `norms[6i + 2n + 1]` the (weight, bias) of its norm n = 0 (self-attention),
+1 (cross-attention), 2 (feed-forward); out_norm at 6L. A projection is a float weight transposed
+[in, out] (one mm per call), or, when the `packed` lists are not empty, an int8 `Int8Linear`'s packed
+weight at the same index (musicgen.quantize).
 """
 
 from __future__ import annotations
@@ -114,5 +115,5 @@ def decode_step(
 
 @functools.cache
 def scripted_decode_step():
-    """`decode_step` compiled by TorchScript (once per process, on first use: ~0.2 s)."""
+    """`decode_step` compiled by TorchScript (once per process, on first use: ~0.05 s)."""
     return torch.jit.script(decode_step)
