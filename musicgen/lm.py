@@ -91,7 +91,7 @@ class KVCache:
         self.cross_v: torch.Tensor | None = None
         self.cross_bias: torch.Tensor | None = None
         self.cross_fold: CrossFold | None = None  # replaces cross_k/v when it reads fewer bytes
-        self.plan = None  # the one-position decode path's _DecodePlan, built at its first step
+        self.plan = None  # the scripted step's _DecodePlan, built at its first step (False: cannot script)
 
 
 class CrossFold:
