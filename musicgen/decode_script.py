@@ -64,8 +64,8 @@ def decode_step(
     fold_rows: torch.Tensor,
     fold_leading: bool,
 ) -> torch.Tensor:
-    """Embeddings x [B, D] at position `pos` -> hidden states after the final norm, through the heads:
-    [B, K * card]. Writes the position's keys/values into kv [L, 2, B, H, T_max, hd].
+    """Embeddings x [B, D] at position `pos` -> logits [B, K * card] (the final norm and the heads
+    included). Writes the position's keys/values into kv [L, 2, B, H, T_max, hd].
 
     cross: "none"; "plain" with cross_a/cross_b the keys/values [L, B, H, S, hd] and cross_bias
     [B, 1, 1, S]; "folded" with cross_a/cross_b a CrossFold's scores [L, R', H*S, D] and values
