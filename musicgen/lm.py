@@ -339,16 +339,12 @@ class LanguageModel(nn.Module):
         H, S, R = self.cfg.num_heads, fold.bias.shape[-1], len(fold.rows)
 
         def folded(i, layer, x):
-            # only the rows with text are normed and moved; a slice reaches them when they lead the batch
-            rows = x[:R] if fold.leading else x.index_select(0, fold.rows)  # [R', T, D]
-            h = layer.norm_cross(rows)
+            # only the rows with text are normed and moved (the scripted step slices them when they lead)
+            h = layer.norm_cross(x.index_select(0, fold.rows))  # [R', T, D]
             T = h.shape[1]
             scores = torch.bmm(h, fold.scores[i].transpose(1, 2)).view(R, T, H, S)
             weights = torch.softmax(scores + fold.bias, dim=-1).view(R, T, -1)
-            added = torch.bmm(weights, fold.values[i].transpose(1, 2))
-            if not fold.leading:
-                return x.index_add(0, fold.rows, added)
-            return torch.cat([rows + added, x[R:]]) if R < len(x) else rows + added
+            return x.index_add(0, fold.rows, torch.bmm(weights, fold.values[i].transpose(1, 2)))
 
         return folded
 
