@@ -168,25 +168,32 @@ class LanguageModel(nn.Module):
         if fold:
             cache.cross_fold = self._fold_cross(text[rows], text_mask[rows], rows)
             return
-        kvs = [self._cross_kv(layer, text, weight_only=True) for layer in self.layers]
-        cache.cross_k = torch.stack([k for k, _ in kvs])
-        cache.cross_v = torch.stack([v for _, v in kvs])
+        for i, layer in enumerate(self.layers):
+            k, v = self._cross_kv(layer, text, weight_only=True)  # [B, H, S, hd]
+            if i == 0:  # written layer by layer: a list then a stack would hold them twice at the peak
+                cache.cross_k = k.new_empty((len(self.layers), *k.shape))
+                cache.cross_v = v.new_empty((len(self.layers), *v.shape))
+            cache.cross_k[i], cache.cross_v[i] = k, v
         cache.cross_bias = cross_bias(text_mask, text.dtype)
 
     def _fold_cross(self, text: torch.Tensor, text_mask: torch.Tensor, rows: torch.Tensor) -> CrossFold:
         """text [R', S, D] and text_mask [R', S] of the rows with text -> their CrossFold."""
         R, S, D = text.shape
         H, hd = self.cfg.num_heads, self.cfg.head_dim
-        scores, values = [], []
-        for layer in self.layers:
+        L = len(self.layers)
+        for i, layer in enumerate(self.layers):
             k, v = self._cross_kv(layer, text, weight_only=True)  # [R', H, S, hd]
             attn = layer.cross_attn
             w_q = _float_weight(attn.q_proj) if hasattr(attn, "q_proj") else attn.in_proj.weight[:D]
             w_q, w_o = w_q.view(H, hd, D), _float_weight(attn.out_proj).view(D, H, hd)
-            scores.append(torch.einsum("rhse,hed->rhsd", k, w_q).reshape(R, H * S, D) / math.sqrt(hd))
-            values.append(torch.einsum("dhe,rhse->rdhs", w_o, v).reshape(R, D, H * S))
+            layer_scores = torch.einsum("rhse,hed->rhsd", k, w_q).reshape(R, H * S, D) / math.sqrt(hd)
+            layer_values = torch.einsum("dhe,rhse->rdhs", w_o, v).reshape(R, D, H * S)
+            if i == 0:  # filled layer by layer: a list then a stack would hold the fold twice at the peak
+                scores = layer_scores.new_empty((L, R, H * S, D))
+                values = layer_values.new_empty((L, R, D, H * S))
+            scores[i], values[i] = layer_scores, layer_values
         bias = cross_bias(text_mask, text.dtype)  # [R', 1, 1, S]
-        return CrossFold(torch.stack(scores), torch.stack(values), bias, rows)
+        return CrossFold(scores, values, bias, rows)
 
     def _cross_kv(self, layer: Layer, text: torch.Tensor, weight_only: bool):
         """Cross-attention keys and values [B, H, S, hd] of one layer.
