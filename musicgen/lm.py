@@ -24,6 +24,7 @@ query/key/value projections are one matrix, because on CPU the step is dominated
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -49,6 +50,19 @@ def cross_bias(text_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     yields exactly zero, as the reference implementations do, instead of NaN.
     """
     return ((1.0 - text_mask.to(dtype)) * torch.finfo(dtype).min)[:, None, None, :]
+
+
+def stack_layers(per_layer: Iterable[tuple[torch.Tensor, ...]], num_layers: int) -> tuple[torch.Tensor, ...]:
+    """What torch.stack of every layer's tensors gives ([L, ...] each), filled as the layers come: a list
+    then a stack would hold every layer's tensors twice at the peak (the CrossFold of a long prompt on
+    small: 117 MB)."""
+    stacked: tuple[torch.Tensor, ...] = ()
+    for i, tensors in enumerate(per_layer):
+        if i == 0:
+            stacked = tuple(t.new_empty((num_layers, *t.shape)) for t in tensors)
+        for whole, t in zip(stacked, tensors, strict=True):
+            whole[i] = t
+    return stacked
 
 
 class Attention(nn.Module):
@@ -168,30 +182,24 @@ class LanguageModel(nn.Module):
         if fold:
             cache.cross_fold = self._fold_cross(text[rows], text_mask[rows], rows)
             return
-        for i, layer in enumerate(self.layers):
-            k, v = self._cross_kv(layer, text, weight_only=True)  # [B, H, S, hd]
-            if i == 0:  # written layer by layer: a list then a stack would hold them twice at the peak
-                cache.cross_k = k.new_empty((len(self.layers), *k.shape))
-                cache.cross_v = v.new_empty((len(self.layers), *v.shape))
-            cache.cross_k[i], cache.cross_v[i] = k, v
+        per_layer = (self._cross_kv(layer, text, weight_only=True) for layer in self.layers)  # [B, H, S, hd]
+        cache.cross_k, cache.cross_v = stack_layers(per_layer, len(self.layers))
         cache.cross_bias = cross_bias(text_mask, text.dtype)
 
     def _fold_cross(self, text: torch.Tensor, text_mask: torch.Tensor, rows: torch.Tensor) -> CrossFold:
         """text [R', S, D] and text_mask [R', S] of the rows with text -> their CrossFold."""
         R, S, D = text.shape
         H, hd = self.cfg.num_heads, self.cfg.head_dim
-        L = len(self.layers)
-        for i, layer in enumerate(self.layers):
+
+        def fold(layer: Layer) -> tuple[torch.Tensor, torch.Tensor]:
             k, v = self._cross_kv(layer, text, weight_only=True)  # [R', H, S, hd]
             attn = layer.cross_attn
             w_q = _float_weight(attn.q_proj) if hasattr(attn, "q_proj") else attn.in_proj.weight[:D]
             w_q, w_o = w_q.view(H, hd, D), _float_weight(attn.out_proj).view(D, H, hd)
-            layer_scores = torch.einsum("rhse,hed->rhsd", k, w_q).reshape(R, H * S, D) / math.sqrt(hd)
-            layer_values = torch.einsum("dhe,rhse->rdhs", w_o, v).reshape(R, D, H * S)
-            if i == 0:  # filled layer by layer: a list then a stack would hold the fold twice at the peak
-                scores = layer_scores.new_empty((L, R, H * S, D))
-                values = layer_values.new_empty((L, R, D, H * S))
-            scores[i], values[i] = layer_scores, layer_values
+            scores = torch.einsum("rhse,hed->rhsd", k, w_q).reshape(R, H * S, D) / math.sqrt(hd)
+            return scores, torch.einsum("dhe,rhse->rdhs", w_o, v).reshape(R, D, H * S)
+
+        scores, values = stack_layers(map(fold, self.layers), len(self.layers))
         bias = cross_bias(text_mask, text.dtype)  # [R', 1, 1, S]
         return CrossFold(scores, values, bias, rows)
 

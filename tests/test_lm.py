@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from musicgen.chroma import null_chroma
-from musicgen.lm import cross_bias
+from musicgen.lm import cross_bias, stack_layers
 from musicgen.quantize import quantize_int8
 
 
@@ -110,3 +110,25 @@ def test_cross_bias_masks_padding_and_keeps_empty_rows_finite():
     assert bias.shape == (2, 1, 1, 2)
     assert bias[0, 0, 0, 0] == 0 and bias[0, 0, 0, 1] < -1e30
     assert torch.isfinite(bias).all()
+
+
+def test_stack_layers_stacks_and_lets_each_layer_go_before_the_next_is_made():
+    """stack_layers gives what torch.stack gives, and keeps at most the last layer's own tensors beside
+    the stacked ones while the next layer's are computed (a list then a stack would keep them all)."""
+    import weakref
+
+    made = []  # weak references to every layer's tensors
+
+    def per_layer():
+        for i in range(4):
+            for j, refs in enumerate(made[:-1]):  # every layer before the last is gone already
+                assert all(ref() is None for ref in refs), f"layer {j}'s tensors still alive at layer {i}"
+            a, b = torch.full((2, 3), float(i)), torch.arange(5.0) + i
+            made.append((weakref.ref(a), weakref.ref(b)))
+            yield a, b
+
+    a, b = stack_layers(per_layer(), 4)
+    torch.testing.assert_close(
+        a, torch.stack([torch.full((2, 3), float(i)) for i in range(4)]), rtol=0, atol=0
+    )
+    torch.testing.assert_close(b, torch.stack([torch.arange(5.0) + i for i in range(4)]), rtol=0, atol=0)
