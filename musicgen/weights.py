@@ -1,5 +1,13 @@
 """Where model weights live on disk, and fetching them from the Hugging Face Hub when they are not there.
 
+A model name is looked for, in this order:
+
+1. an explicit folder, used as it is;
+2. our weights folder, `weights_dir()`: where a Cog image bakes weights, so it comes first;
+3. the Hugging Face cache that huggingface_hub and transformers share (`HF_HUB_CACHE`, else `HF_HOME/hub`),
+   used in place: the snapshot folder there is returned, nothing is copied;
+4. a download from the Hub into `weights_dir()`, unless downloading is turned off or `HF_HUB_OFFLINE` is set.
+
 Layout under `weights_dir()`:
 
 - `<variant name>/` — a published MusicGen model, transformers layout (`small/`, `stereo-melody-large/`, ...);
@@ -8,20 +16,30 @@ Layout under `weights_dir()`:
 
 A folder is complete or absent: downloads land in a hidden sibling folder that is renamed into place only once
 every file has arrived, so an interrupted download never looks like a checkpoint.
+
+Downloads go to `weights_dir()`, not to the Hugging Face cache: that folder is what a Cog image bakes (the
+cache lives outside the repository, under ~/.cache), one variable (MUSICGEN_WEIGHTS_DIR) moves it to a
+volume, its models are plain files (cache snapshots are symlinks into `blobs/`, which not every copy or
+mount keeps), and it appears complete through one rename where the cache fills a snapshot file by file.
+Reading the cache costs nothing, so it is read; writing there would take the weights out of the image.
 """
 
 from __future__ import annotations
 
 import glob
+import json
 import os
 import re
 import secrets
 import shutil
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from fnmatch import fnmatch
 from pathlib import Path
 
+import huggingface_hub
+import huggingface_hub.constants as hf_constants
 from huggingface_hub import HfApi, snapshot_download
+from huggingface_hub.errors import HFValidationError, IncompleteSnapshotError, LocalEntryNotFoundError
 from huggingface_hub.utils import tqdm as hub_tqdm
 
 from .checkpoints import detect_layout
@@ -31,6 +49,10 @@ from .variants import VARIANTS, find_variant
 FETCH_SCRIPT = "python scripts/download_weights.py"
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "spiece.model", "special_tokens_map.json")
+# A T5 folder in the Hugging Face cache counts only with one of these: transformers builds T5's tokenizer from
+# either (the other tokenizer files are optional).
+_T5_TOKENIZER_FILES = ("tokenizer.json", "spiece.model")
+_TEXT_ENCODER_TYPES = ("t5", "mt5", "umt5")
 
 # What the transformers layout of a MusicGen repo needs. The same repos also hold audiocraft's
 # state_dict.bin / compression_state_dict.bin and a pytorch_model.bin: as large again, and pickles.
@@ -73,7 +95,24 @@ def weights_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "weights"
 
 
-def resolve_model(name_or_path: str, download: bool = True) -> Path:
+def hf_cache_dir() -> Path:
+    """The Hugging Face cache that huggingface_hub and transformers use, as the environment says now.
+
+    `$HF_HUB_CACHE` (or its older name `$HUGGINGFACE_HUB_CACHE`), else `$HF_HOME/hub`, else huggingface_hub's
+    default (`~/.cache/huggingface/hub`, or under `$XDG_CACHE_HOME`).
+    """
+    # huggingface_hub works this out once, when it is imported (constants.HF_HUB_CACHE); reading the variables
+    # here, with its precedence, honours values set later, as `download` does for HF_ENDPOINT. The constant
+    # still answers when none is set: it holds the XDG default and any value a program assigned to it.
+    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        if os.environ.get(var):
+            return Path(os.path.expandvars(os.environ[var])).expanduser()
+    if os.environ.get("HF_HOME"):
+        return Path(os.path.expandvars(os.environ["HF_HOME"])).expanduser() / "hub"
+    return Path(hf_constants.HF_HUB_CACHE)
+
+
+def resolve_model(name_or_path: str, download: bool = True, hf_cache: bool = True) -> Path:
     """The folder holding the MusicGen checkpoint called `name_or_path`, downloading it when needed.
 
     `name_or_path` is one of:
@@ -82,9 +121,11 @@ def resolve_model(name_or_path: str, download: bool = True) -> Path:
       `weights_dir()/<variant name>`;
     - another Hub id `owner/name` (a transformers-layout fine-tune): `weights_dir()/hub/<owner>--<name>`.
 
-    When the folder for a name holds no checkpoint, the transformers layout is downloaded from the Hub into it
-    (only if `download` is true). Raises `WeightsNotFoundError` when that is not allowed or fails, and
-    `CheckpointError` for a folder without a checkpoint or a name that is neither.
+    When the folder for a name holds no checkpoint, the snapshot of the repo in the Hugging Face cache
+    (`hf_cache_dir()`) is returned if it holds a whole checkpoint (and `hf_cache` is true). Otherwise the
+    transformers layout is downloaded from the Hub into the folder, only if `download` is true and
+    HF_HUB_OFFLINE is not set. Raises `WeightsNotFoundError`, naming where it looked, when that is not allowed
+    or fails, and `CheckpointError` for a folder without a checkpoint or a name that is neither.
     """
     path = Path(name_or_path).expanduser()
     if path.is_dir():
@@ -93,14 +134,29 @@ def resolve_model(name_or_path: str, download: bool = True) -> Path:
 
     variant = find_variant(name_or_path)
     if variant is not None:
-        return _local_or_download(
-            variant.hub_id, weights_dir() / variant.name, MUSICGEN_FILES, download, label=variant.name
+        dest = weights_dir() / variant.name
+        return _find_or_download(
+            variant.hub_id,
+            dest,
+            MUSICGEN_FILES,
+            _musicgen_lacks,
+            download_allowed=download,
+            hf_cache=hf_cache,
+            label=variant.name,
         )
 
     if _HUB_ID.fullmatch(name_or_path) and not path.exists():
         owner, name = name_or_path.split("/")
         dest = weights_dir() / "hub" / f"{owner}--{name}"
-        return _local_or_download(name_or_path, dest, MUSICGEN_FILES, download, label=name_or_path)
+        return _find_or_download(
+            name_or_path,
+            dest,
+            MUSICGEN_FILES,
+            _musicgen_lacks,
+            download_allowed=download,
+            hf_cache=hf_cache,
+            label=name_or_path,
+        )
 
     if path.exists() or _looks_like_path(name_or_path):
         raise CheckpointError(
@@ -113,13 +169,16 @@ def resolve_model(name_or_path: str, download: bool = True) -> Path:
     )
 
 
-def resolve_pretrained(name: str) -> Path:
+def resolve_pretrained(name: str, hf_cache: bool = True) -> Path:
     """The folder holding the sub-model `name` (a Hub id or a folder), downloading it when needed.
 
     Used for the parts an audiocraft-layout checkpoint refers to by name: the T5 text encoder (`t5-base`,
     `google-t5/t5-base`) and the codec (`facebook/encodec_32khz`). An existing folder is returned as is;
-    otherwise `weights_dir()/hub/<name with / replaced by -->`, downloaded there if it is not present.
-    Raises `WeightsNotFoundError` when the download fails, `CheckpointError` for a name that is neither.
+    otherwise `weights_dir()/hub/<name with / replaced by -->` when it is there, else the snapshot in the
+    Hugging Face cache when it holds config, weights and, for T5, tokenizer files (and `hf_cache` is true),
+    else `weights_dir()/hub/...` after downloading it (unless HF_HUB_OFFLINE is set). Raises
+    `WeightsNotFoundError`, naming where it looked, when nothing is found and it cannot be downloaded, and
+    `CheckpointError` for a name that is neither a folder nor a Hub id.
     """
     path = Path(name).expanduser()
     if path.is_dir():
@@ -129,7 +188,16 @@ def resolve_pretrained(name: str) -> Path:
             f"Sub-model {name!r} is neither a folder nor a Hub id (like t5-base or facebook/encodec_32khz)."
         )
     dest = weights_dir() / "hub" / name.replace("/", "--")
-    return _local_or_download(name, dest, PRETRAINED_FILES, True, label=name, option="--pretrained ")
+    return _find_or_download(
+        name,
+        dest,
+        PRETRAINED_FILES,
+        _submodel_lacks,
+        download_allowed=True,
+        hf_cache=hf_cache,
+        label=name,
+        option="--pretrained ",
+    )
 
 
 def download(hub_id: str, dest: Path, allow_patterns: Iterable[str]) -> Path:
@@ -137,9 +205,13 @@ def download(hub_id: str, dest: Path, allow_patterns: Iterable[str]) -> Path:
 
     Pickled weights (`*.bin`) are skipped when the repo also has safetensors. Files land in a temporary
     sibling of `dest` that becomes `dest` only once complete; on any failure or interruption it is removed, so
-    no partial folder remains. The Hub is `$HF_ENDPOINT` (read at call time). Raises `WeightsNotFoundError`
-    naming the repo and the reason when the repo cannot be listed or a file cannot be fetched.
+    no partial folder remains. The Hub is `$HF_ENDPOINT`, and HF_HUB_OFFLINE=1 forbids any request (both read
+    at call time). Raises `WeightsNotFoundError` naming the repo and the reason when the Hub is off, the repo
+    cannot be listed or a file cannot be fetched.
     """
+    offline = _offline_setting()
+    if offline is not None:
+        raise WeightsNotFoundError(f"Not downloading {hub_id}: {offline} turns the Hub off.")
     # huggingface_hub reads HF_ENDPOINT once, when it is first imported; reading it here honours a value set
     # later (by a test, or by a server that configures itself after its imports).
     endpoint = os.environ.get("HF_ENDPOINT") or None
@@ -193,27 +265,140 @@ def download(hub_id: str, dest: Path, allow_patterns: Iterable[str]) -> Path:
     return dest
 
 
-def _local_or_download(
-    hub_id: str, dest: Path, patterns: Iterable[str], allowed: bool, label: str, option: str = ""
+def _find_or_download(
+    hub_id: str,
+    dest: Path,
+    patterns: Iterable[str],
+    lacks: Callable[[Path], str | None],
+    *,
+    download_allowed: bool,
+    hf_cache: bool,
+    label: str,
+    option: str = "",
 ) -> Path:
     # every Hub model repo has a config.json, and `download` puts it in place last
     if dest.is_dir() and detect_layout(dest) is not None:
         return dest
+    where = f"not in {dest}"
+    if hf_cache:
+        cache = hf_cache_dir()
+        snapshot, missing = _cached_snapshot(hub_id, cache, patterns, lacks)
+        if snapshot is not None and missing is None:
+            return snapshot
+        where += f", nor in the Hugging Face cache at {cache}"
+        if snapshot is not None:
+            where += f" (its snapshot {snapshot} lacks {missing}, so it was not used)"
+
     command = f"{FETCH_SCRIPT} {option}{label}"
     what = f"{label!r}" if label == hub_id else f"{label!r} ({hub_id})"
-    if not allowed:
+    offline = _offline_setting()
+    if offline is not None:
+        variable = offline.split("=")[0]
         raise WeightsNotFoundError(
-            f"The weights of {what} are not in {dest} and downloading is turned off. "
-            f"Fetch them with `{command}`."
+            f"The weights of {what} are {where}, and {offline} forbids downloading them. "
+            f"Fetch them where the Hub is reachable with `{command}`, then make {dest} available here "
+            f"(MUSICGEN_WEIGHTS_DIR sets the weights folder, now {weights_dir()}); or unset {variable} "
+            "to let them download."
+        )
+    if not download_allowed:
+        raise WeightsNotFoundError(
+            f"The weights of {what} are {where}, and downloading is turned off. Fetch them with `{command}`."
         )
     try:
         return download(hub_id, dest, patterns)
     except WeightsNotFoundError as err:
         raise WeightsNotFoundError(
-            f"The weights of {what} are not in {dest} and could not be downloaded. {err} "
+            f"The weights of {what} are {where}, and could not be downloaded. {err} "
             f"Fetch them where the Hub is reachable with `{command}`, then make {dest} available here "
             f"(MUSICGEN_WEIGHTS_DIR sets the weights folder, now {weights_dir()})."
         ) from err
+
+
+def _cached_snapshot(
+    hub_id: str, cache: Path, patterns: Iterable[str], lacks: Callable[[Path], str | None]
+) -> tuple[Path | None, str | None]:
+    """(snapshot, None) when the Hugging Face cache at `cache` holds a usable `hub_id` (main revision);
+    (snapshot, what it lacks) when it holds one that `lacks` rejects; (None, None) when it holds none."""
+    try:
+        # with local_files_only, huggingface_hub only reads its cache: it resolves refs/main to the snapshot
+        # folder of that commit, and never opens a connection. Called through the package rather than the
+        # name imported above, which stands for downloading alone (tests replace it to interrupt a download).
+        folder = huggingface_hub.snapshot_download(
+            hub_id, cache_dir=cache, local_files_only=True, allow_patterns=list(patterns)
+        )
+    except IncompleteSnapshotError as err:
+        # snapshot_download kept the repo's file listing and some files matching `patterns` are absent: the
+        # snapshot may still hold all a checkpoint needs (*.safetensors also matches an onnx/ export, say),
+        # so the same check as for any snapshot decides
+        folder = err.snapshot_path
+    except (LocalEntryNotFoundError, HFValidationError, OSError):
+        # not in the cache (or not an id the cache can hold; the download that follows says so)
+        return None, None
+    folder = Path(folder)
+    return folder, lacks(folder)
+
+
+def _offline_setting() -> str | None:
+    """The setting that turns the Hub off ("HF_HUB_OFFLINE=1"), or None when it may be used."""
+    # huggingface_hub reads these once, when it is imported; reading them here honours a later change, with the
+    # same rule: the first variable set decides, and only 1/ON/YES/TRUE mean offline
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        value = os.environ.get(var)
+        if value:
+            return f"{var}={value}" if value.upper() in hf_constants.ENV_VARS_TRUE_VALUES else None
+    # set before huggingface_hub was imported and unset since, or set by a program on the constant itself
+    return "HF_HUB_OFFLINE" if hf_constants.HF_HUB_OFFLINE else None
+
+
+def _musicgen_lacks(folder: Path) -> str | None:
+    """What `folder` lacks to be a MusicGen checkpoint `read_checkpoint` can read; None when nothing."""
+    if (folder / "config.json").is_file():
+        return _weights_lack(folder)
+    if (folder / "state_dict.bin").is_file():
+        # audiocraft's own downloads fill the cache with just these two files
+        return None if (folder / "compression_state_dict.bin").is_file() else "compression_state_dict.bin"
+    return f"a checkpoint ({_EXPECTED_CHECKPOINT})"
+
+
+def _submodel_lacks(folder: Path) -> str | None:
+    """What `folder` lacks for transformers' `from_pretrained` (and, for T5, its tokenizer); None when nothing."""
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except FileNotFoundError:
+        return "config.json"
+    except (OSError, ValueError) as err:
+        return f"a readable config.json ({_short(err)})"
+    lacking = _weights_lack(folder)
+    if lacking is not None:
+        return lacking
+    # a text encoder's folder is also where its tokenizer is read from (loading.py); a codec has none
+    text_encoder = isinstance(config, dict) and config.get("model_type") in _TEXT_ENCODER_TYPES
+    if text_encoder and not any((folder / f).is_file() for f in _T5_TOKENIZER_FILES):
+        return f"a tokenizer ({' or '.join(_T5_TOKENIZER_FILES)})"
+    return None
+
+
+def _weights_lack(folder: Path) -> str | None:
+    """What the weights files of a transformers-layout `folder` lack; None when they are complete."""
+    # as transformers and our reader do: *.safetensors when there are any, else pickled pytorch_model*.bin.
+    # Files in a cache snapshot are symlinks into blobs/, which is_file follows: a removed blob counts as absent.
+    for weights, index_pattern in (
+        ("*.safetensors", "*.safetensors.index.json"),
+        ("pytorch_model*.bin", "pytorch_model*.bin.index.json"),
+    ):
+        if not any(f.is_file() for f in folder.glob(weights)):
+            continue
+        # a sharded checkpoint is whole only when every shard its index names is there
+        for index in sorted(folder.glob(index_pattern)):
+            try:
+                shards = set(json.loads(index.read_text())["weight_map"].values())
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+                return f"a readable {index.name} ({_short(err)})"
+            missing = sorted(s for s in shards if not (folder / s).is_file())
+            if missing:
+                return f"{', '.join(missing[:3])} (named by {index.name})"
+        return None
+    return "weights (*.safetensors or pytorch_model*.bin)"
 
 
 def _require_checkpoint(folder: Path) -> None:

@@ -5,7 +5,8 @@
     python scripts/download_weights.py --pretrained t5-base --pretrained facebook/encodec_32khz
 
 Weights go to $MUSICGEN_WEIGHTS_DIR, else weights/ beside musicgen/. A model already there is not fetched
-again.
+again. A copy in the Hugging Face cache (~/.cache/huggingface) does not count: this script fills the weights
+folder, which is what a Cog image bakes, and the cache lives outside the image.
 """
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     failed = 0
     for name, resolve in jobs:
         try:
-            path = resolve(name)
+            # the weights folder must end up holding the model, whatever the Hugging Face cache holds
+            path = resolve(name, hf_cache=False)
         except MusicGenError as err:
             print(f"error: {err}", file=sys.stderr)
             failed += 1

@@ -3,6 +3,11 @@
 The stand-in answers the three kinds of request `huggingface_hub.snapshot_download` (2.x) makes:
 repo info `/api/models/{repo}/revision/{rev}`, the file listing `/api/models/{repo}/tree/{rev}`, and
 HEAD/GET `/{repo}/resolve/{rev}/{file}` (which must carry X-Repo-Commit, ETag and Content-Length).
+`{repo}` is `owner/name`, or a legacy id without an owner (`t5-base`).
+
+The Hugging Face cache tests fill a cache folder with huggingface_hub itself (`snapshot_download`, as
+`hf download` does, or `hf_hub_download` file by file, as transformers' `from_pretrained` does) from the
+stand-in, then turn the Hub off.
 """
 
 from __future__ import annotations
@@ -19,13 +24,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import huggingface_hub
 import huggingface_hub.constants as hf_constants
 import pytest
 
-from musicgen import weights
+from musicgen import MusicGen, weights
 from musicgen.errors import CheckpointError, WeightsNotFoundError
+from musicgen.tiny import save_tiny_model
 from musicgen.variants import VARIANTS
-from musicgen.weights import resolve_model, resolve_pretrained, weights_dir
+from musicgen.weights import hf_cache_dir, resolve_model, resolve_pretrained, weights_dir
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -50,22 +57,33 @@ OTHER_FILES = {
     "onnx/model.safetensors": b"nested export",
 }
 
+T5_FILES = {
+    "config.json": b'{"model_type": "t5"}',
+    "model.safetensors": b"t5 tensors",
+    "pytorch_model.bin": b"t5 pickle",
+    "tf_model.h5": b"tf",
+    "spiece.model": b"sp",
+    "tokenizer.json": b"{}",
+}
+
 REPOS = {
     "facebook/musicgen-small": {**TRANSFORMERS_FILES, **OTHER_FILES},
-    "google-t5/t5-base": {
-        "config.json": b"{}",
-        "model.safetensors": b"t5 tensors",
-        "pytorch_model.bin": b"t5 pickle",
-        "tf_model.h5": b"tf",
-        "spiece.model": b"sp",
-        "tokenizer.json": b"{}",
-    },
+    "google-t5/t5-base": T5_FILES,
+    "t5-base": T5_FILES,  # the legacy id audiocraft checkpoints name
     "facebook/encodec_32khz": {
-        "config.json": b"{}",
+        "config.json": b'{"model_type": "encodec"}',
         "pytorch_model.bin": b"codec pickle",
         "preprocessor_config.json": b"{}",
     },
     "someone/no-config": {"README.md": b"nothing to see", "state_dict.bin": b"lm"},
+    "someone/sharded": {
+        "config.json": b'{"model_type": "musicgen"}',
+        "model.safetensors.index.json": json.dumps(
+            {"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}
+        ).encode(),
+        "model-00001-of-00002.safetensors": b"shard 1",
+        "model-00002-of-00002.safetensors": b"shard 2",
+    },
 }
 
 
@@ -102,14 +120,18 @@ def _handler(hub: StandInHub):
                 hub.requests.append((self.command, path))
             parts = path.strip("/").split("/")
             # repo info is /api/models/{repo} or /api/models/{repo}/revision/{rev}; listing is .../tree/{rev}
-            if parts[:2] == ["api", "models"] and (len(parts) == 4 or parts[4:5] in (["revision"], ["tree"])):
-                repo = "/".join(parts[2:4])
+            if parts[:2] == ["api", "models"] and len(parts) >= 3:
+                # a legacy id is one segment, any other two
+                size = 1 if parts[2] in REPOS else 2
+                repo, rest = "/".join(parts[2 : 2 + size]), parts[2 + size :]
+                if rest[:1] not in ([], ["revision"], ["tree"]):
+                    return self._send(404, b"", {})
                 if repo not in REPOS:
                     return self._send(
                         404, b'{"error": "Repository not found"}', {"X-Error-Code": "RepoNotFound"}
                     )
                 files = REPOS[repo]
-                if parts[4:5] != ["tree"]:
+                if rest[:1] != ["tree"]:
                     body = {"id": repo, "sha": COMMIT, "siblings": [{"rfilename": f} for f in files]}
                 else:
                     body = [
@@ -117,8 +139,9 @@ def _handler(hub: StandInHub):
                         for f, data in files.items()
                     ]
                 return self._send(200, json.dumps(body).encode(), {"Content-Type": "application/json"})
-            if len(parts) >= 5 and parts[2] == "resolve":
-                repo, filename = "/".join(parts[:2]), "/".join(parts[4:])
+            if "resolve" in parts[1:3] and len(parts) >= parts.index("resolve") + 3:
+                at = parts.index("resolve")
+                repo, filename = "/".join(parts[:at]), "/".join(parts[at + 2 :])
                 data = REPOS.get(repo, {}).get(filename)
                 if data is None:
                     return self._send(404, b"", {"X-Error-Code": "EntryNotFound"})
@@ -194,6 +217,48 @@ def closed_port_endpoint(hub_env, monkeypatch):
 
 def _tree(folder: Path) -> set[str]:
     return {str(p.relative_to(folder)) for p in folder.rglob("*")} if folder.exists() else set()
+
+
+def _closed_endpoint() -> str:
+    """A loopback URL nothing listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+def _fill_hf_cache(repo: str, files: list[str] | None = None, **kwargs) -> Path:
+    """Put `repo` in the Hugging Face cache ($HF_HUB_CACHE) with huggingface_hub itself; returns the snapshot.
+
+    files=None: `snapshot_download` (what `hf download` does; it also keeps the repo's file listing), with
+    `kwargs` such as allow_patterns; else `hf_hub_download` of each file, as transformers' `from_pretrained`
+    fetches what it needs.
+    """
+    where = {
+        "cache_dir": kwargs.pop("cache_dir", os.environ["HF_HUB_CACHE"]),
+        "endpoint": os.environ["HF_ENDPOINT"],
+    }
+    if files is None:
+        return Path(huggingface_hub.snapshot_download(repo, **where, **kwargs))
+    paths = [Path(huggingface_hub.hf_hub_download(repo, name, **where)) for name in files]
+    assert len({p.parent for p in paths}) == 1
+    return paths[0].parent
+
+
+def _go_offline(monkeypatch) -> list:
+    """Turn the Hub off as a person would: HF_HUB_OFFLINE=1, set after huggingface_hub was imported (its
+    constant stays False), and a Hub endpoint nothing listens on. Returns the list of connections attempted
+    from then on, which should stay empty."""
+    monkeypatch.setenv("HF_ENDPOINT", _closed_endpoint())
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    attempts = []
+    connect = socket.socket.connect
+
+    def recorded_connect(sock, address):
+        attempts.append(address)
+        return connect(sock, address)
+
+    monkeypatch.setattr(socket.socket, "connect", recorded_connect)
+    return attempts
 
 
 def test_weights_dir_default_and_override(monkeypatch, tmp_path):
@@ -280,6 +345,7 @@ def test_download_turned_off(hub, hub_env):
         resolve_model("small", download=False)
 
     assert str(hub_env / "small") in str(info.value)
+    assert f"nor in the Hugging Face cache at {hub_env.parent / 'hf_cache'}" in str(info.value)
     assert "python scripts/download_weights.py small" in str(info.value)
     assert hub.requests == []
 
@@ -403,3 +469,173 @@ def test_cli_failure_is_a_message_not_a_traceback(closed_port_endpoint, hub_env)
     assert "Traceback" not in done.stderr
     assert "python scripts/download_weights.py small" in done.stderr
     assert "Valid variant names" in done.stderr
+
+
+def test_offline_finds_a_variant_in_the_hf_cache(hub, hub_env, monkeypatch):
+    snapshot = _fill_hf_cache("facebook/musicgen-small")  # the whole repo, as `hf download` fetches it
+    seen = len(hub.requests)
+    attempts = _go_offline(monkeypatch)
+
+    assert resolve_model("small") == snapshot
+    assert resolve_model("facebook/musicgen-small") == snapshot
+    assert resolve_model("small", download=False) == snapshot
+    assert attempts == [] and len(hub.requests) == seen
+    assert _tree(hub_env) == set()  # used where it is: nothing copied into the weights folder
+
+    # our weights folder still comes first: it is where a Cog image bakes its weights
+    (hub_env / "small").mkdir(parents=True)
+    for name in ("config.json", "model.safetensors"):
+        (hub_env / "small" / name).write_bytes(TRANSFORMERS_FILES[name])
+    assert resolve_model("small") == hub_env / "small"
+
+
+def test_offline_finds_audiocraft_downloads_in_the_hf_cache(hub, hub_env, monkeypatch):
+    # audiocraft fetches just these two files of a facebook/musicgen-* repo with hf_hub_download
+    snapshot = _fill_hf_cache("facebook/musicgen-small", ["state_dict.bin", "compression_state_dict.bin"])
+    attempts = _go_offline(monkeypatch)
+
+    assert resolve_model("small") == snapshot
+    assert attempts == []
+
+
+def test_offline_finds_submodels_in_the_hf_cache(hub, hub_env, monkeypatch):
+    # file by file, as transformers' T5EncoderModel and AutoTokenizer fetch them: no file listing is kept
+    t5 = _fill_hf_cache("t5-base", ["config.json", "model.safetensors", "spiece.model", "tokenizer.json"])
+    google_t5 = _fill_hf_cache(
+        "google-t5/t5-base", allow_patterns=["*.json", "*.safetensors", "spiece.model"]
+    )
+    codec = _fill_hf_cache("facebook/encodec_32khz")  # a codec needs no tokenizer
+    seen = len(hub.requests)
+    attempts = _go_offline(monkeypatch)
+
+    assert resolve_pretrained("t5-base") == t5
+    assert resolve_pretrained("google-t5/t5-base") == google_t5
+    assert resolve_pretrained("facebook/encodec_32khz") == codec
+    assert attempts == [] and len(hub.requests) == seen
+    assert _tree(hub_env) == set()
+
+
+def test_online_a_cached_repo_makes_no_request(hub, hub_env):
+    snapshot = _fill_hf_cache("facebook/musicgen-small")
+    codec = _fill_hf_cache("facebook/encodec_32khz")
+    seen = len(hub.requests)
+
+    assert resolve_model("small") == snapshot
+    assert resolve_pretrained("facebook/encodec_32khz") == codec
+    assert len(hub.requests) == seen  # not even a look at the Hub's listing
+    assert _tree(hub_env) == set()
+
+
+@pytest.mark.parametrize(
+    ("resolve", "repo", "cached", "dest", "lacking"),
+    [
+        # transformers fetched the configs only (AutoConfig), or `hf download` stopped before the weights; the
+        # file listing snapshot_download keeps says files are missing
+        (resolve_model, "small", {"allow_patterns": ["*.json", "spiece.model"]}, "small", "weights"),
+        # the rest file by file, with no listing: only the check of the files themselves can tell
+        (resolve_model, "small", {"files": ["state_dict.bin"]}, "small", "compression_state_dict.bin"),
+        (
+            resolve_model,
+            "someone/sharded",
+            {"files": ["config.json", "model.safetensors.index.json", "model-00001-of-00002.safetensors"]},
+            "hub/someone--sharded",
+            "model-00002-of-00002.safetensors",
+        ),
+        (
+            resolve_pretrained,
+            "t5-base",
+            {"files": ["config.json", "model.safetensors"]},
+            "hub/t5-base",
+            "tokenizer",
+        ),
+    ],
+    ids=["no-weights", "audiocraft-half", "missing-shard", "t5-no-tokenizer"],
+)
+def test_incomplete_cached_snapshot_is_not_taken(
+    hub, hub_env, monkeypatch, resolve, repo, cached, dest, lacking
+):
+    hub_id = "facebook/musicgen-small" if repo == "small" else repo
+    snapshot = _fill_hf_cache(hub_id, **cached)
+    endpoint = os.environ["HF_ENDPOINT"]
+
+    attempts = _go_offline(monkeypatch)
+    with pytest.raises(WeightsNotFoundError) as info:
+        resolve(repo)
+    message = str(info.value)
+    assert f"its snapshot {snapshot} lacks" in message and lacking in message
+    assert attempts == []
+
+    # online, the model is downloaded into our folder as if the cache held nothing
+    monkeypatch.setenv("HF_ENDPOINT", endpoint)
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    seen = len(hub.downloads())
+    assert resolve(repo) == hub_env / dest
+    assert len(hub.downloads()) > seen
+
+
+def test_offline_with_nothing_cached_names_both_places(hub_env, monkeypatch):
+    attempts = _go_offline(monkeypatch)
+    cases = [
+        (resolve_model, "small", hub_env / "small", "python scripts/download_weights.py small"),
+        (
+            resolve_pretrained,
+            "t5-base",
+            hub_env / "hub" / "t5-base",
+            "python scripts/download_weights.py --pretrained t5-base",
+        ),
+    ]
+    for resolve, name, dest, command in cases:
+        with pytest.raises(WeightsNotFoundError) as info:
+            resolve(name)
+        message = str(info.value)
+        assert f"not in {dest}, nor in the Hugging Face cache at {hub_env.parent / 'hf_cache'}" in message
+        assert "HF_HUB_OFFLINE=1" in message and command in message
+
+    assert attempts == []  # not even a try
+    assert _tree(hub_env) == set()
+
+
+def test_hf_cache_location_is_read_at_call_time(hub, hub_env, tmp_path, monkeypatch):
+    home = tmp_path / "elsewhere"
+    snapshot = _fill_hf_cache("facebook/musicgen-small", cache_dir=home / "hub")
+    # set after huggingface_hub was imported, so its constants do not know them
+    monkeypatch.delenv("HF_HUB_CACHE")
+    monkeypatch.setenv("HF_HOME", str(home))
+    attempts = _go_offline(monkeypatch)
+
+    assert hf_cache_dir() == home / "hub"
+    assert resolve_model("small") == snapshot
+    assert attempts == []
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "other"))  # HF_HUB_CACHE wins over HF_HOME
+    assert hf_cache_dir() == tmp_path / "other"
+
+
+def test_cli_fills_the_weights_folder_even_when_the_hf_cache_has_the_model(hub, hub_env, capsys):
+    _fill_hf_cache("facebook/musicgen-small")
+    spec = importlib.util.spec_from_file_location(
+        "download_weights", REPO_ROOT / "scripts" / "download_weights.py"
+    )
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+
+    assert cli.main(["small"]) == 0
+
+    # the weights folder is what a Cog image bakes; the cache lives outside the image
+    assert f"small: {hub_env / 'small'}" in capsys.readouterr().out
+    assert _tree(hub_env / "small") == set(TRANSFORMERS_FILES)
+
+
+def test_tiny_model_loads_and_generates_from_the_hf_cache_offline(hub, hub_env, tmp_path, monkeypatch):
+    folder = save_tiny_model(tmp_path / "tiny", "mono", 0)
+    files = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+    monkeypatch.setitem(REPOS, "facebook/musicgen-small", files)
+    snapshot = _fill_hf_cache("facebook/musicgen-small")
+    attempts = _go_offline(monkeypatch)
+
+    model = MusicGen.load("small", device="cpu")
+    result = model.generate("lo-fi beat with warm piano", duration=0.1, seed=0)
+
+    assert result.audio.shape == (1, 1, round(0.1 * result.sample_rate))
+    assert result.audio.isfinite().all()
+    assert attempts == []
+    assert _tree(hub_env) == set() and snapshot.is_dir()
