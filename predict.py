@@ -1,36 +1,34 @@
-"""Cog predictor: Replicate's meta/musicgen inputs over the engine in `musicgen/`.
+"""Cog runner: Replicate's meta/musicgen inputs over the engine in `musicgen/`.
 
-A thin adapter: check every input, take the model from a `ModelCache`, call `MusicGen.generate` once,
-normalise, write the file. The checks live here because the local server (`python -m cog.server.http`
-outside an image built by `cog build`) has no OpenAPI schema and hands predict() whatever JSON it got;
-every mistake therefore ends in a `musicgen` error, raised before any model is loaded, whose message the
-server reports as the prediction's `error`.
+A thin adapter: check every input (with `musicgen.inputs`, the rules train.py and the CLI share), take the
+model from a `ModelCache`, call `MusicGen.generate` once, normalise, write the file. The checks run here,
+before any model is loaded, because the local server (`python -m cog.server.http` outside an image built
+by `cog build`) has no OpenAPI schema and hands run() whatever JSON it got; every mistake ends in a
+`musicgen` error whose message the server reports as the prediction's `error`.
 """
 
-import math
+import contextlib
 import os
-import secrets
-import tempfile
 
-from cog import BasePredictor, Input, Path
+from cog import BaseRunner, Input, Path
 
-from musicgen.audio import NORMALIZATION_STRATEGIES, normalize, read_audio, write_audio
+from musicgen import inputs
+from musicgen.audio import NORMALIZATION_STRATEGIES, normalize, write_audio
 from musicgen.config import SAMPLE_RATE
-from musicgen.errors import AudioFileError, InvalidInputError, WeightsNotFoundError
+from musicgen.errors import AudioFileError, FineTunedWeightsError, InvalidInputError, WeightsNotFoundError
 from musicgen.finetuned import finetuned_base
-from musicgen.model import check_generation_args
 from musicgen.sampling import SamplingParams
-from musicgen.serving import ModelCache, fetch_weights_file
+from musicgen.serving import ModelCache, OutputFiles, fetch_weights_file, weights_cache_dir
 from musicgen.variants import VARIANTS
 
 DEFAULT_MODEL = "stereo-melody-large"
-MAX_DURATION = 300  # seconds; past 30 s the engine generates in overlapping windows
 OUTPUT_FORMATS = ("wav", "mp3", "flac")
-# torch seeds are 64-bit; -1 (like None) asks for a random seed, as on meta/musicgen
-MAX_SEED = 2**63 - 1
+
+# Cog's failures to fetch a URL or decode a data URL name the input they were for
+inputs.name_file_input_errors("input_audio")
 
 
-class Predictor(BasePredictor):
+class Runner(BaseRunner):
     def setup(self, weights: str | None = None) -> None:
         """Prepares the model cache and loads the default model when its weights are already on disk.
 
@@ -43,7 +41,11 @@ class Predictor(BasePredictor):
         # hold our lines, not those. It reads this when first imported: by the model loading below.
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         self.cache = ModelCache()
-        self.default_finetuned = fetch_weights_file(str(weights)) if weights else None
+        # the output of a prediction stays on disk only until the server has sent it
+        self.outputs = OutputFiles(prefix="musicgen-predictions-")
+        # in a folder of its own, so that the downloads of replicate_weights never evict it
+        setup_cache = weights_cache_dir() / "setup"
+        self.default_finetuned = fetch_weights_file(str(weights), setup_cache) if weights else None
         preload = DEFAULT_MODEL
         if self.default_finetuned is not None:
             preload = finetuned_base(self.default_finetuned)
@@ -52,7 +54,8 @@ class Predictor(BasePredictor):
         except WeightsNotFoundError:
             print(f"The weights of {preload} are not on disk yet; its first prediction downloads them.")
 
-    def predict(
+    @inputs.declared_inputs_only
+    def run(
         self,
         model_version: str = Input(
             description="Model to generate with. Melody models (melody, melody-large, stereo-melody, stereo-melody-large) can follow the melody of input_audio; stereo models make two channels; larger models sound better but take longer.",
@@ -140,26 +143,29 @@ class Predictor(BasePredictor):
         ),
     ) -> Path:
         """Generates one clip and returns the audio file."""
-        model_version = _choice("model_version", model_version, tuple(VARIANTS))
+        model_version = inputs.choice("model_version", model_version, VARIANTS)
         finetuned = self.default_finetuned
-        text = _optional_text("replicate_weights", replicate_weights)
-        if text is not None:
-            finetuned = fetch_weights_file(text)
-        if finetuned is not None and model_version == DEFAULT_MODEL:
-            # a trained model is called with the default model_version: serve the variant it was trained
-            # from (an explicit other variant is refused with a message when the model is fetched)
-            model_version = finetuned_base(finetuned)
+        weights_source = inputs.optional_text("replicate_weights", replicate_weights)
+        # problems of fine-tuned weights name where they came from
+        weights_name = "replicate_weights" if weights_source else "the trained weights (COG_WEIGHTS)"
+        with _named(weights_name):
+            if weights_source is not None:
+                finetuned = fetch_weights_file(weights_source)
+            if finetuned is not None and model_version == DEFAULT_MODEL:
+                # a trained model is called with the default model_version: serve the variant it was
+                # trained from (an explicit other variant is refused when the model is fetched)
+                model_version = finetuned_base(finetuned)
         variant = VARIANTS[model_version]
-        prompt = _optional_text("prompt", prompt)
-        audio_path = _optional_path("input_audio", input_audio)
-        duration = _whole("duration", duration)
-        if not 1 <= duration <= MAX_DURATION:
-            raise InvalidInputError(f"duration must be between 1 and {MAX_DURATION} seconds, got {duration}.")
-        continuation = _flag("continuation", continuation)
-        start = _whole("continuation_start", continuation_start)
-        end = None if continuation_end is None else _whole("continuation_end", continuation_end)
-        if start < 0 or (end is not None and end < 0):
-            raise InvalidInputError("continuation_start and continuation_end are seconds, not below 0.")
+        prompt = inputs.prompt("prompt", prompt)
+        audio_path = inputs.optional_file("input_audio", input_audio)
+        duration = inputs.whole("duration", duration, 1, inputs.MAX_DURATION_SECONDS, "seconds")
+        continuation = inputs.flag("continuation", continuation)
+        start = inputs.whole("continuation_start", continuation_start, 0, unit="seconds")
+        end = (
+            None
+            if continuation_end is None
+            else inputs.whole("continuation_end", continuation_end, 0, unit="seconds")
+        )
         if end is not None and end <= start:
             raise InvalidInputError(
                 f"continuation_end ({end} s) must come after continuation_start ({start} s); "
@@ -175,30 +181,26 @@ class Predictor(BasePredictor):
                 f"melody: choose a melody model ({melody_models}), turn continuation on to continue the "
                 "audio instead, or leave input_audio out."
             )
-        cfg = _number("classifier_free_guidance", classifier_free_guidance)
-        if cfg < 0:
-            raise InvalidInputError(f"classifier_free_guidance must be 0 or more, got {cfg}.")
         sampling = SamplingParams(
-            top_k=_whole("top_k", top_k),
-            top_p=_number("top_p", top_p),
-            temperature=_number("temperature", temperature),
-            cfg_coef=cfg,
+            top_k=inputs.whole("top_k", top_k),
+            top_p=inputs.number("top_p", top_p),
+            temperature=inputs.number("temperature", temperature),
+            cfg_coef=inputs.number("classifier_free_guidance", classifier_free_guidance, 0),
         )
         # the engine's own checks (top_k, top_p, temperature), with the same messages as the CLI's
-        check_generation_args(
+        inputs.check_generation_args(
             duration=duration,
             sampling=sampling,
             melody_given=melody_given,
             model_accepts_melody=variant.melody,
         )
-        strategy = _choice("normalization_strategy", normalization_strategy, NORMALIZATION_STRATEGIES)
-        output_format = _choice("output_format", output_format, OUTPUT_FORMATS)
-        seed = _seed(seed)
+        strategy = inputs.choice("normalization_strategy", normalization_strategy, NORMALIZATION_STRATEGIES)
+        output_format = inputs.choice("output_format", output_format, OUTPUT_FORMATS)
+        seed = inputs.seed("seed", seed)
 
         audio = None
         if audio_path is not None:
-            channels = 2 if variant.stereo else 1
-            audio = _read_input_audio(audio_path, channels, start, end)
+            audio = _read_input_audio(audio_path, 2 if variant.stereo else 1, start, end)
             if continuation and audio.shape[-1] >= duration * SAMPLE_RATE:
                 raise InvalidInputError(
                     f"the audio to continue lasts {audio.shape[-1] / SAMPLE_RATE:.2f} s, not shorter than "
@@ -206,7 +208,8 @@ class Predictor(BasePredictor):
                     "or use a shorter part of input_audio (continuation_start / continuation_end)."
                 )
 
-        model = self.cache.get(model_version, finetuned=finetuned)
+        with _named(weights_name):
+            model = self.cache.get(model_version, finetuned=finetuned)
         # printed before generating, so that the logs name the seed even of a prediction cut short
         print(f"model_version: {model_version}, seed: {seed}")
         result = model.generate(
@@ -218,81 +221,28 @@ class Predictor(BasePredictor):
             seed=seed,
         )
         wav = normalize(result.audio[0], strategy, result.sample_rate)  # [C, S]: stereo stays stereo
-        out = Path(tempfile.mkdtemp(prefix="musicgen-")) / f"output.{output_format}"
+        out = self.outputs.new(f"output.{output_format}")
         write_audio(out, wav, result.sample_rate)
-        return out
+        return Path(out)
 
 
-# ---- input checks: the local server passes JSON values through unchecked ---------------------------
-
-
-def _choice(name: str, value, choices: tuple[str, ...]) -> str:
-    if not isinstance(value, str) or value not in choices:
-        raise InvalidInputError(f"{name} must be one of {', '.join(choices)}; got {value!r}.")
-    return value
-
-
-def _whole(name: str, value) -> int:
-    # JSON has one number type: 8.0 is 8, 8.5 is a mistake; true/false are not numbers
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidInputError(f"{name} must be a whole number, got {value!r}.")
-    return value
-
-
-def _number(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise InvalidInputError(f"{name} must be a finite number, got {value!r}.")
-    return float(value)
-
-
-def _flag(name: str, value) -> bool:
-    if not isinstance(value, bool):
-        raise InvalidInputError(f"{name} must be true or false, got {value!r}.")
-    return value
-
-
-def _optional_text(name: str, value) -> str | None:
-    """None for an absent or blank value (a web form sends empty fields as "")."""
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise InvalidInputError(f"{name} must be text, got {value!r}.")
-    return value.strip() or None
-
-
-def _optional_path(name: str, value) -> Path | None:
-    # the server turns URLs and data URLs into downloaded files (cog.Path) but passes a plain path as text
-    if isinstance(value, str):
-        value = value.strip() or None
-    if value is None:
-        return None
-    if not isinstance(value, os.PathLike | str):
-        raise InvalidInputError(f"{name} must be an audio file (a URL, data URL or path), got {value!r}.")
-    return Path(value)
-
-
-def _seed(value) -> int:
-    """The seed to use: the one given, or a random one for None and -1."""
-    if value is None:
-        return secrets.randbelow(2**31)
-    seed = _whole("seed", value)
-    if seed == -1:
-        return secrets.randbelow(2**31)
-    if not 0 <= seed <= MAX_SEED:
-        raise InvalidInputError(f"seed must be between 0 and {MAX_SEED}, or -1 for a random one; got {seed}.")
-    return seed
+@contextlib.contextmanager
+def _named(name: str):
+    """Prefixes the message of a FineTunedWeightsError with the input the weights came from."""
+    try:
+        yield
+    except FineTunedWeightsError as err:
+        raise FineTunedWeightsError(f"{name}: {err}") from err
 
 
 def _read_input_audio(path: Path, channels: int, start: int, end: int | None):
     """input_audio from `start` to `end` seconds, [channels, samples] at the models' rate."""
     try:
-        return read_audio(
-            path, SAMPLE_RATE, channels, start=float(start), end=None if end is None else float(end)
+        return inputs.read_input_audio(
+            "input_audio", path, SAMPLE_RATE, channels, float(start), None if end is None else float(end)
         )
-    except AudioFileError as err:
-        raise AudioFileError(f"input_audio cannot be used: {err}") from err
+    except AudioFileError:
+        raise  # already names input_audio
     except InvalidInputError as err:
         # read_audio names its own arguments; say which inputs they came from
         raise InvalidInputError(

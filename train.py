@@ -1,26 +1,37 @@
 """Cog trainer: fine-tunes a MusicGen variant on a dataset archive into weights that predict.py serves.
 
-A thin adapter: check every input, call `musicgen.training.run.fine_tune` once, return the weights file.
-As in predict.py, the checks live here because the local server hands train() whatever JSON it got.
+A thin adapter: check every input (with `musicgen.inputs`, the rules predict.py and the CLI share), call
+`musicgen.training.run.fine_tune` once, return the weights file. As in predict.py, the checks run here
+because the local server hands train() whatever JSON it got.
 """
 
-import secrets
-import tempfile
+import functools
 
 from cog import BaseModel, Input, Path
 
+from musicgen import inputs
 from musicgen.errors import InvalidInputError
+from musicgen.serving import OutputFiles
+from musicgen.training.dataset import DatasetError
 from musicgen.training.loop import TrainSettings
-from musicgen.training.run import fine_tune
+from musicgen.training.run import MAX_SEGMENT_SECONDS, fine_tune
 from musicgen.variants import VARIANTS
 
-MAX_SEED = 2**31 - 1
+# Cog's failures to fetch a URL or decode a data URL name the input they were for
+inputs.name_file_input_errors("dataset_path")
+
+
+@functools.cache
+def _outputs() -> OutputFiles:
+    """Where trained weights go: each file stays on disk only until the server has sent it."""
+    return OutputFiles(prefix="musicgen-trainings-")
 
 
 class TrainingOutput(BaseModel):
     weights: Path
 
 
+@inputs.declared_inputs_only
 def train(
     dataset_path: Path = Input(
         description="Your music: a .zip or .tar(.gz) of audio files (wav, mp3, flac, ogg), or one audio file. Caption each file with a .txt of the same name (or audiocraft's .json metadata), or set one_same_description.",
@@ -95,45 +106,51 @@ def train(
     ),
 ) -> TrainingOutput:
     """Fine-tunes `model_version` on `dataset_path`; returns the weights file."""
-    if model_version not in VARIANTS:
-        raise InvalidInputError(f"model_version must be one of {', '.join(VARIANTS)}; got {model_version!r}.")
-    if not 1 <= segment_seconds <= 30:
-        raise InvalidInputError(f"segment_seconds must be between 1 and 30, got {segment_seconds}.")
-    if seed is not None and seed != -1 and not 0 <= seed <= MAX_SEED:
-        raise InvalidInputError(
-            f"seed must be between 0 and {MAX_SEED} (or -1 for a random one), got {seed}."
-        )
-    if seed is None or seed == -1:
-        seed = secrets.randbelow(MAX_SEED)
+    model_version = inputs.choice("model_version", model_version, VARIANTS)
+    dataset = inputs.optional_file("dataset_path", dataset_path)
     settings = TrainSettings(
-        method=method,
-        lora_rank=lora_rank,
-        epochs=epochs,
-        batch_size=batch_size,
-        gradient_accumulation=gradient_accumulation,
-        learning_rate=learning_rate,
-        warmup_steps=warmup_steps,
-        lr_scheduler=lr_scheduler,
-        condition_dropout=condition_dropout,
-        validation_split=validation_split,
-        seed=seed,
+        method=inputs.choice("method", method, ("lora", "full")),
+        lora_rank=inputs.whole("lora_rank", lora_rank, 1, 256),
+        epochs=inputs.whole("epochs", epochs, 1, 1000),
+        batch_size=inputs.whole("batch_size", batch_size, 1, 512),
+        gradient_accumulation=inputs.whole("gradient_accumulation", gradient_accumulation, 1, 512),
+        learning_rate=None
+        if learning_rate is None
+        else inputs.number("learning_rate", learning_rate, 1e-7, 0.1),
+        warmup_steps=inputs.whole("warmup_steps", warmup_steps, 0),
+        lr_scheduler=inputs.choice("lr_scheduler", lr_scheduler, ("cosine", "constant")),
+        condition_dropout=(
+            None
+            if condition_dropout is None
+            else inputs.number("condition_dropout", condition_dropout, 0, 0.9)
+        ),
+        validation_split=inputs.number("validation_split", validation_split, 0, 0.45),
+        seed=inputs.seed("seed", seed),
     )
     settings.check()
-    if dataset_path is None or not Path(dataset_path).is_file():
-        raise InvalidInputError("dataset_path: give an archive (.zip, .tar, .tar.gz) or an audio file.")
-    print(f"seed: {seed}")
-    out = (
-        Path(tempfile.mkdtemp(prefix="musicgen-trained-")) / f"musicgen-{model_version}-{method}.safetensors"
+    segment_seconds = inputs.number("segment_seconds", segment_seconds, 1, MAX_SEGMENT_SECONDS, "seconds")
+    description = inputs.optional_text(
+        "one_same_description", one_same_description, inputs.MAX_PROMPT_CHARACTERS
     )
-    fine_tune(
-        Path(dataset_path),
-        model_version,
-        out,
-        settings,
-        segment_seconds=segment_seconds,
-        one_same_description=one_same_description or None,
-    )
+    if dataset is None or not dataset.is_file():
+        raise InvalidInputError(
+            "dataset_path: give an archive (.zip, .tar, .tar.gz) or an audio file"
+            + ("." if dataset is None else f"; {dataset} is not a file.")
+        )
+    print(f"seed: {settings.seed}")
+    out = _outputs().new(f"musicgen-{model_version}-{settings.method}.safetensors")
+    try:
+        fine_tune(
+            dataset,
+            model_version,
+            out,
+            settings,
+            segment_seconds=segment_seconds,
+            one_same_description=description,
+        )
+    except DatasetError as err:  # its message names the file inside; say which input holds it
+        raise DatasetError(f"dataset_path: {err}") from err
     print(
         f"weights: {out} ({out.stat().st_size / 1e6:.1f} MB); serve them with model_version={model_version}"
     )
-    return TrainingOutput(weights=out)
+    return TrainingOutput(weights=Path(out))

@@ -14,7 +14,7 @@ from .variants import VARIANTS, Variant
 _LAZY = {
     "GenerationResult": ".model",
     "MusicGen": ".model",
-    "check_generation_args": ".model",
+    "check_generation_args": ".inputs",
     "SamplingParams": ".sampling",
 }
 

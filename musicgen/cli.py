@@ -42,14 +42,20 @@ def _add_generate(sub) -> None:
     p = sub.add_parser("generate", help="generate audio from text, a melody, or audio to continue")
     p.add_argument("--model", default="small", help="variant name (small, stereo-melody-large...) or folder")
     p.add_argument("--prompt", action="append", help="text prompt; repeat for a batch (one file per prompt)")
-    p.add_argument("--duration", type=float, default=8.0, help="seconds per clip, continued audio included")
+    p.add_argument(
+        "--duration", type=float, default=8.0, help="seconds per clip (at most 300), continued audio included"
+    )
     p.add_argument("--melody", type=Path, help="audio whose melody guides the music (melody variants)")
     p.add_argument("--continue", dest="continuation", type=Path, help="audio to continue")
     p.add_argument("--top-k", type=int, default=250)
     p.add_argument("--top-p", type=float, default=0.0, help="0 switches it off")
     p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
     p.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance scale")
-    p.add_argument("--seed", type=int, help="same seed, same inputs -> same codes; omitted: one is drawn")
+    p.add_argument(
+        "--seed",
+        type=int,
+        help="0 to 2**63-1: same seed, same inputs -> same codes; omitted or -1: one is drawn",
+    )
     p.add_argument("--device", help="cpu, cuda, cuda:1... (default: cuda when available)")
     p.add_argument("--out", type=Path, default=Path("out.wav"), help=".wav, .mp3 or .flac")
     p.add_argument("--codes-out", type=Path, help="save the codes as int64 .npy [batch, codebooks, frames]")
@@ -75,31 +81,43 @@ def _add_generate(sub) -> None:
 def _generate(args) -> int:
     import numpy as np
 
-    from .audio import SUPPORTED_WRITE_SUFFIXES, normalize, read_audio, write_audio
+    from . import inputs
+    from .audio import SUPPORTED_WRITE_SUFFIXES, normalize, write_audio
     from .loading import peek_model, resolve_device
-    from .model import MusicGen, check_generation_args
+    from .model import MusicGen
     from .sampling import SamplingParams
 
     sampling = SamplingParams(
         top_k=args.top_k, top_p=args.top_p, temperature=args.temperature, cfg_coef=args.cfg
     )
     traits = peek_model(args.model)
-    check_generation_args(
+    inputs.check_generation_args(
         duration=args.duration,
         sampling=sampling,
         melody_given=args.melody is not None,
         model_accepts_melody=None if traits is None else traits.melody,
     )
+    inputs.check_prompts(args.prompt or [None])
+    seed = inputs.seed("--seed", args.seed)  # the server's rule: 0 to 2**63 - 1, or -1 for a random one
     if args.out.suffix.lower() not in SUPPORTED_WRITE_SUFFIXES:
         raise InvalidInputError(
             f"--out {args.out}: unsupported format; use one of {', '.join(SUPPORTED_WRITE_SUFFIXES)}."
         )
     if args.codes_out is not None and args.codes_out.suffix != ".npy":
         raise InvalidInputError(f"--codes-out {args.codes_out}: the codes are saved as .npy; name it so.")
+    outputs = _numbered(args.out, len(args.prompt or [None]))
+    for path in outputs:
+        _check_writable("--out", path)
+    if args.codes_out is not None:
+        _check_writable("--codes-out", args.codes_out)
     channels = 2 if traits is None or traits.stereo else 1
     sr = 32000
-    melody = None if args.melody is None else read_audio(args.melody, sr, channels)
-    continuation = None if args.continuation is None else read_audio(args.continuation, sr, channels)
+    melody = None
+    if args.melody is not None:
+        melody = inputs.read_input_audio("--melody", args.melody, sr, channels)
+    continuation = None
+    if args.continuation is not None:
+        continuation = inputs.read_input_audio("--continue", args.continuation, sr, channels)
     if continuation is not None and continuation.shape[-1] >= args.duration * sr:
         raise InvalidInputError(
             f"--continue {args.continuation} lasts {continuation.shape[-1] / sr:.2f} s, not shorter than "
@@ -114,12 +132,11 @@ def _generate(args) -> int:
         melody=melody,
         continuation=continuation,
         sampling=sampling,
-        seed=args.seed,
+        seed=seed,
         melody_stems=args.melody_stems,
         progress=not args.quiet,
     )
     print(f"seed: {result.seed}", file=sys.stderr)
-    outputs = _numbered(args.out, len(result.audio))
     for wav, path in zip(result.audio, outputs, strict=True):
         write_audio(path, normalize(wav, args.normalize, result.sample_rate), result.sample_rate)
         print(path)
@@ -127,6 +144,24 @@ def _generate(args) -> int:
         np.save(args.codes_out, result.codes.numpy().astype(np.int64))
         print(args.codes_out)
     return 0
+
+
+def _check_writable(option: str, path: Path) -> None:
+    """Refuses an output path that cannot be written, before any work: by trying to create the file (the
+    one check that also catches read-only disks and, for root, everything permissions would not)."""
+    if path.is_dir():
+        raise InvalidInputError(f"{option} {path} is a folder; give a file name.")
+    existed = path.exists()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "ab"):
+            pass
+    except OSError as e:
+        raise InvalidInputError(
+            f"{option} {path}: cannot write there ({e.strerror or e}); choose another path."
+        ) from e
+    if not existed:
+        path.unlink(missing_ok=True)
 
 
 def _numbered(path: Path, count: int) -> list[Path]:

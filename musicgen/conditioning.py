@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 import torch
 
 if TYPE_CHECKING:  # transformers is slow to import; only loading needs it
     from transformers import PreTrainedTokenizerBase, T5EncoderModel
+
+# T5 was trained on at most 512 tokens, and its attention's memory grows with the square of the length
+# (a 100 KB prompt took 19 GB): longer prompts are cut there, with a warning. audiocraft and transformers
+# pass any length; the two agree with this encoder on every prompt T5 was made for.
+MAX_TEXT_TOKENS = 512
+
+log = logging.getLogger(__name__)
 
 
 class TextEncoder:
@@ -25,7 +33,17 @@ class TextEncoder:
         if not any(texts):
             width = self.model.config.d_model
             return torch.zeros(len(texts), 1, width, device=device), torch.zeros(len(texts), 1, device=device)
-        batch = self.tokenizer(texts, return_tensors="pt", padding=True)
+        lengths = [len(ids) for ids in self.tokenizer(texts)["input_ids"]]
+        if max(lengths) > MAX_TEXT_TOKENS:
+            log.warning(
+                "A prompt is %d tokens long; the text encoder reads the first %d (about 2,000 characters), "
+                "the rest is left out.",
+                max(lengths),
+                MAX_TEXT_TOKENS,
+            )
+        batch = self.tokenizer(
+            texts, return_tensors="pt", padding=True, truncation=True, max_length=MAX_TEXT_TOKENS
+        )
         ids = batch["input_ids"].to(device)
         mask = batch["attention_mask"].to(device)
         states = self.model(input_ids=ids, attention_mask=mask).last_hidden_state.float()

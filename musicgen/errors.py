@@ -17,6 +17,10 @@ class AudioFileError(InvalidInputError):
     """An audio file is missing, unreadable, or empty."""
 
 
+class FineTunedWeightsError(InvalidInputError):
+    """Fine-tuned weights given with a request cannot be used (unreadable, damaged, or for another model)."""
+
+
 class CheckpointError(MusicGenError):
     """A checkpoint file or folder is missing, not a MusicGen checkpoint, or does not fit its config."""
 

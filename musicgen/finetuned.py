@@ -26,6 +26,7 @@ Reading never unpickles: a file is safetensors or it is refused.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
@@ -36,7 +37,7 @@ import torch
 from torch import nn
 
 from .config import LMConfig
-from .errors import CheckpointError, InvalidInputError
+from .errors import CheckpointError, FineTunedWeightsError, InvalidInputError
 from .lm import LanguageModel
 from .variants import VARIANTS
 
@@ -151,9 +152,13 @@ def finetuned_base(path: str | Path) -> str:
         with safe_open(str(path), framework="pt") as f:
             base = (f.metadata() or {}).get("base_variant")
     except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: not a safetensors file ({e}); expected fine-tuned weights.") from e
+        raise FineTunedWeightsError(
+            f"{path}: not a safetensors file ({e}); expected fine-tuned weights."
+        ) from e
     if base not in VARIANTS:
-        raise CheckpointError(f"{path}: names no known base variant ({base!r}); expected fine-tuned weights.")
+        raise FineTunedWeightsError(
+            f"{path}: names no known base variant ({base!r}); expected fine-tuned weights."
+        )
     return base
 
 
@@ -316,6 +321,12 @@ def _problems(ft: FineTuned, shapes: dict, linears: dict) -> list[str]:
         for k, v in ft.tensors.items()
         if not v.is_floating_point()
     ]
+    # NaN or infinite weights would generate a normal-looking clip of noise (or silence): a broken file
+    problems += [
+        f"{k} holds NaN or infinite values (the training diverged, or the file is damaged)"
+        for k, v in ft.tensors.items()
+        if v.is_floating_point() and not bool(torch.isfinite(v).all())
+    ]
     if ft.method == "full":
         for name, t in ft.tensors.items():
             if name not in shapes:
@@ -327,8 +338,8 @@ def _problems(ft: FineTuned, shapes: dict, linears: dict) -> list[str]:
     r, alpha, targets = ft.lora_rank, ft.lora_alpha, ft.target_modules
     if not isinstance(r, int) or isinstance(r, bool) or r < 1:
         return problems + [f"lora_rank {r!r} should be a positive integer"]
-    if not isinstance(alpha, int | float) or isinstance(alpha, bool):
-        return problems + [f"lora_alpha {alpha!r} should be a number"]
+    if not isinstance(alpha, int | float) or isinstance(alpha, bool) or not math.isfinite(alpha):
+        return problems + [f"lora_alpha {alpha!r} should be a finite number"]
     if not targets or not all(isinstance(t, str) for t in targets):
         return problems + [f"target_modules {targets!r} should be a non-empty list of module-name suffixes"]
     pairs = _lora_pairs(ft.tensors)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +15,8 @@ from .conditioning import TextEncoder
 from .config import ModelConfig
 from .errors import InvalidInputError, WeightsNotFoundError
 from .generation import LongFormPlan, WindowConditions, generate_long, steps_for
+from .inputs import check_finite_audio, check_generation_args, check_prompts
+from .inputs import seed as resolve_seed
 from .lm import LanguageModel
 from .sampling import SamplingParams
 
@@ -37,29 +37,6 @@ class GenerationResult:
     codes: torch.Tensor
     sample_rate: int
     seed: int
-
-
-def check_generation_args(
-    *, duration: float, sampling: SamplingParams, melody_given: bool, model_accepts_melody: bool | None = None
-) -> None:
-    """Rejects bad parameters before any model work; raises InvalidInputError saying what to change."""
-    if not isinstance(duration, (int, float)) or not math.isfinite(duration) or duration <= 0:
-        raise InvalidInputError(f"duration must be a positive number of seconds, got {duration!r}.")
-    if not 0.0 <= sampling.top_p <= 1.0:
-        raise InvalidInputError(f"top_p must be between 0 and 1 (0 switches it off), got {sampling.top_p}.")
-    if sampling.top_k < 0:
-        raise InvalidInputError(
-            f"top_k must be 0 (off) or a positive number of tokens, got {sampling.top_k}."
-        )
-    if not math.isfinite(sampling.temperature) or sampling.temperature < 0:
-        raise InvalidInputError(f"temperature must be >= 0 (0 = greedy), got {sampling.temperature}.")
-    if not math.isfinite(sampling.cfg_coef) or sampling.cfg_coef < 0:
-        raise InvalidInputError(f"the guidance scale (cfg) must be >= 0, got {sampling.cfg_coef}.")
-    if melody_given and model_accepts_melody is False:
-        raise InvalidInputError(
-            "a melody was given, but this model takes no melody: use a melody variant "
-            "(melody, melody-large, stereo-melody, stereo-melody-large), or drop the melody."
-        )
 
 
 class MusicGen:
@@ -124,7 +101,8 @@ class MusicGen:
                 every clip; its chroma conditions the generation and is looped over long clips.
             continuation: waveform [C, S] at the model's sample rate to continue; it starts every clip.
             sampling: top_k, top_p, temperature, cfg_coef.
-            seed: the same seed and inputs give the same codes on the same device; None draws one.
+            seed: 0 to 2**63 - 1; the same seed and inputs give the same codes on the same device; None
+                (or -1) draws one.
             batch_size: number of clips when `prompts` is None (unconditional); defaults to 1.
             melody_stems: remove drums and bass from the melody with Demucs first, as audiocraft does:
                 "auto" when Demucs' weights are in the weights folder, "on" (required), or "off".
@@ -134,6 +112,7 @@ class MusicGen:
         B = len(prompts)
         if B == 0:
             raise InvalidInputError("prompts is an empty list: give at least one prompt, or None.")
+        check_prompts(prompts)
         if not 0 < extend_stride < MAX_WINDOW_SECONDS:
             raise InvalidInputError(f"extend_stride must be between 0 and {MAX_WINDOW_SECONDS} s.")
         if melody_stems not in MELODY_STEMS_MODES:
@@ -146,6 +125,12 @@ class MusicGen:
             melody_given=melody is not None,
             model_accepts_melody=self.accepts_melody,
         )
+        seed = resolve_seed("seed", seed)
+        # the audio inputs are checked (shape, finite samples) before any work
+        if melody is not None:
+            melody = self._as_channels(melody, "melody")
+        if continuation is not None:
+            continuation = self._as_channels(continuation, "continuation audio")
         rate = self.config.frame_rate
         total = int(duration * rate)
         if total < 1:
@@ -161,8 +146,6 @@ class MusicGen:
                     "continued audio): ask for a longer duration or cut the audio."
                 )
         stems = self._stem_remover(melody_stems) if melody is not None else None
-        if seed is None:
-            seed = secrets.randbelow(2**31)
         generator = torch.Generator(self.device).manual_seed(seed)
 
         window = int(MAX_WINDOW_SECONDS * rate)
@@ -253,7 +236,8 @@ class MusicGen:
         return wav[:, idx]
 
     def _as_channels(self, wav: torch.Tensor, what: str) -> torch.Tensor:
-        """[C, S] -> [model channels, S] float32."""
-        if wav.dim() != 2 or wav.shape[-1] == 0:
-            raise InvalidInputError(f"the {what} must be a non-empty waveform [channels, samples].")
+        """[C, S] -> [model channels, S] float32, refused when not finite."""
+        if not isinstance(wav, torch.Tensor) or wav.dim() != 2 or wav.shape[-1] == 0:
+            raise InvalidInputError(f"the {what} must be a non-empty waveform tensor [channels, samples].")
+        check_finite_audio(f"the {what}", wav)
         return convert_channels(wav.float(), self.channels, name=f"the {what}")

@@ -53,6 +53,7 @@ def test_melody_and_continuation_files(tiny, tmp_path):
 def no_weights(tmp_path, monkeypatch):
     """An empty weights folder and no download: any attempt to load a model would fail differently."""
     monkeypatch.setenv("MUSICGEN_WEIGHTS_DIR", str(tmp_path / "weights"))
+    monkeypatch.chdir(tmp_path)  # the default --out (out.wav) is checked for writing here
     return ["generate", "--model", "small", "--no-download", "--quiet"]
 
 
@@ -63,8 +64,13 @@ def _error(capsys) -> str:
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--duration", "0"], "duration must be a positive"),
-        (["--duration", "-2"], "duration must be a positive"),
+        (["--duration", "0"], "duration must be more than 0 and at most 300 seconds"),
+        (["--duration", "-2"], "duration must be more than 0 and at most 300 seconds"),
+        (["--duration", "1e9"], "duration must be more than 0 and at most 300 seconds"),
+        (["--duration", "nan"], "duration must be a finite number"),
+        (["--seed", "-5"], "--seed must be between 0 and 9223372036854775807, or -1"),
+        (["--seed", str(2**63)], "--seed must be between 0"),
+        (["--prompt", "x" * 10_001], "at most 10,000 are accepted"),
         (["--top-p", "1.5"], "top_p must be between 0 and 1"),
         (["--temperature", "-1"], "temperature"),
         (["--out", "x.aac"], "unsupported format"),
@@ -74,6 +80,40 @@ def _error(capsys) -> str:
 def test_bad_parameters_fail_before_loading(no_weights, capsys, extra, message):
     assert main([*no_weights, *extra]) == 2
     assert message in _error(capsys)
+
+
+def test_unwritable_outputs_fail_before_loading(no_weights, tmp_path, capsys):
+    a_file = tmp_path / "not-a-folder"
+    a_file.write_text("x")
+    (tmp_path / "folder.wav").mkdir()
+    cases = [
+        (["--out", str(a_file / "out.wav")], f"--out {a_file / 'out.wav'}: cannot write there"),
+        (["--codes-out", str(a_file / "codes.npy")], "--codes-out"),
+        (["--out", str(tmp_path / "folder.wav")], "is a folder"),
+        # a batch writes out-1.wav, out-2.wav: each is checked
+        (["--prompt", "a", "--prompt", "b", "--out", str(a_file / "o.wav")], "o-1.wav: cannot write there"),
+    ]
+    for extra, message in cases:
+        assert main([*no_weights, *extra]) == 2
+        err = _error(capsys)
+        assert message in err and "download_weights" not in err, err  # refused before the missing model
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder.wav", "not-a-folder"]  # nothing left
+
+
+def test_writable_outputs_are_checked_without_a_trace(no_weights, tmp_path, capsys):
+    out = tmp_path / "new" / "deeper" / "clip.wav"
+    assert main([*no_weights, "--out", str(out)]) == 2
+    assert "download_weights.py" in _error(capsys)  # it got as far as the missing model
+    assert not out.exists()
+
+
+def test_non_finite_audio_is_refused(no_weights, tmp_path, capsys):
+    broken = tmp_path / "broken.wav"
+    wav = np.full((32000, 1), 0.1, dtype=np.float32)
+    wav[100] = np.nan
+    sf.write(broken, wav, 32000, subtype="FLOAT")
+    assert main([*no_weights, "--continue", str(broken), "--duration", "3"]) == 2
+    assert "--continue holds NaN or infinite samples" in _error(capsys)
 
 
 def test_melody_on_a_text_model(no_weights, tmp_path, capsys):

@@ -3,7 +3,7 @@
 One server per module, started as people start it locally (see README "Cog"): no Docker, no schema, so
 every input check is predict.py's own. It runs with a weights folder of tiny models under variant names
 and a Hub endpoint that refuses connections. The Hub download path and "no model is loaded before the
-inputs are checked" are tested in-process with `Predictor`, where the Hub stand-in of test_weights.py and
+inputs are checked" are tested in-process with `Runner`, where the Hub stand-in of test_weights.py and
 a model cache that refuses to load anything can be put in.
 """
 
@@ -137,7 +137,7 @@ def run_server(tmp: Path, weights_dir: Path, mode: str = "predict", **extra_env:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "COG_"))}
     env.update(
         PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-        COG_PREDICT_TYPE_STUB="predict.py:Predictor",
+        COG_PREDICT_TYPE_STUB="predict.py:Runner",
         COG_TRAIN_TYPE_STUB="train.py:train",
         PORT=str(port),
         MUSICGEN_WEIGHTS_DIR=str(weights_dir),
@@ -560,16 +560,16 @@ def test_trained_weights_from_cog_weights(server, weights_dir, finetuned_files, 
     assert refused["status"] == "failed" and "fine-tuned from `small`" in refused["error"]
 
 
-# ---- in-process: the Predictor itself ----------------------------------------------------------------
+# ---- in-process: the Runner itself -------------------------------------------------------------------
 
 
 def call_predict(predictor, **inputs):
-    """predictor.predict with Cog's defaults filled in, as the server calls it."""
-    from predict import Predictor
+    """runner.run with Cog's defaults filled in, as the server calls it."""
+    from predict import Runner
 
-    params = inspect.signature(Predictor.predict).parameters
+    params = inspect.signature(Runner.run).parameters
     args = {name: p.default.default for name, p in params.items() if name != "self"}
-    return predictor.predict(**{**args, **inputs})
+    return predictor.run(**{**args, **inputs})
 
 
 class _NoModels:
@@ -581,9 +581,9 @@ class _NoModels:
 
 @pytest.mark.parametrize(("inputs", "words"), BAD_INPUTS)
 def test_bad_inputs_fail_before_any_model_is_loaded(inputs, words, audio_files):
-    from predict import Predictor
+    from predict import Runner
 
-    predictor = Predictor()
+    predictor = Runner()
     predictor.cache, predictor.default_finetuned = _NoModels(), None
 
     with pytest.raises(MusicGenError) as info:
@@ -599,12 +599,12 @@ def _tree(folder: Path) -> set[str]:
 def test_missing_variant_is_downloaded_from_the_hub(hub, hub_env, tiny, monkeypatch):
     from cog import CancelationException
 
-    from predict import Predictor
+    from predict import Runner
 
     folder = tiny.get("mono")[0]
     files = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
     monkeypatch.setitem(stand_in.REPOS, "facebook/musicgen-small", files)
-    predictor = Predictor()
+    predictor = Runner()
     predictor.setup()
     assert hub.requests == []  # setup never downloads: the default model is simply not loaded
 
@@ -636,13 +636,27 @@ def test_missing_variant_is_downloaded_from_the_hub(hub, hub_env, tiny, monkeypa
 
 
 def test_setup_weights_become_the_default(weights_dir, finetuned_files, monkeypatch):
-    from predict import Predictor
+    from predict import Runner
 
     monkeypatch.setenv("MUSICGEN_WEIGHTS_DIR", str(weights_dir))
-    predictor = Predictor()
+    predictor = Runner()
     predictor.setup(weights=str(finetuned_files["lora"]))
 
     assert predictor.default_finetuned == finetuned_files["lora"]
     assert predictor.cache.keys() == [("small", str(finetuned_files["lora"]))]  # its base, loaded in setup
     with pytest.raises(InvalidInputError, match="fine-tuned from `small`"):
         call_predict(predictor, model_version="stereo-small", duration=1)
+
+
+def test_each_prediction_keeps_only_the_newest_output(weights_dir, monkeypatch):
+    from predict import Runner
+
+    monkeypatch.setenv("MUSICGEN_WEIGHTS_DIR", str(weights_dir))
+    runner = Runner()
+    runner.setup()
+    first = call_predict(runner, model_version="small", duration=1, seed=1)
+    second = call_predict(runner, model_version="small", duration=1, seed=1, output_format="mp3")
+    assert second.is_file() and second.name == "output.mp3"
+    # the server sent the first before it took the second: its file and folder are gone
+    assert not first.exists() and not first.parent.exists()
+    assert [p.name for p in runner.outputs.folder.rglob("*") if p.is_file()] == ["output.mp3"]

@@ -1,6 +1,7 @@
 """The model cache a server keeps (least recently used out, memory freed) and fetching weight files."""
 
 import gc
+import os
 import threading
 import weakref
 from functools import partial
@@ -9,9 +10,10 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import torch
 
-from musicgen import InvalidInputError, WeightsNotFoundError
+from musicgen import InvalidInputError
+from musicgen.errors import FineTunedWeightsError
 from musicgen.finetuned import FineTuned, save_finetuned
-from musicgen.serving import ModelCache, fetch_weights_file
+from musicgen.serving import ModelCache, OutputFiles, fetch_weights_file
 from musicgen.tiny import save_tiny_model
 
 
@@ -123,9 +125,57 @@ def test_fetch_downloads_a_url_once(file_server, tmp_path):
 def test_fetch_failure_leaves_nothing(file_server, tmp_path):
     url, _, _ = file_server
     cache_dir = tmp_path / "cache"
-    with pytest.raises(WeightsNotFoundError, match="missing.safetensors"):
+    with pytest.raises(FineTunedWeightsError, match="missing.safetensors"):
         fetch_weights_file(f"{url}/missing.safetensors", cache_dir)
     assert list(cache_dir.iterdir()) == []
+
+
+def test_fetch_refuses_a_file_larger_than_any_weights(file_server, tmp_path):
+    url, served, _ = file_server
+    (served / "big.safetensors").write_bytes(b"x" * 5000)
+    cache_dir = tmp_path / "cache"
+    with pytest.raises(FineTunedWeightsError, match="larger than"):
+        fetch_weights_file(f"{url}/big.safetensors", cache_dir, max_bytes=4096)
+    assert list(cache_dir.iterdir()) == []  # the partial download is gone
+
+
+def test_fetch_cache_keeps_only_the_most_recently_used_files(file_server, tmp_path):
+    url, served, seen = file_server
+    for i in range(4):
+        (served / f"w{i}.safetensors").write_bytes(b"weights %d" % i)
+    cache_dir = tmp_path / "cache"
+    first = fetch_weights_file(f"{url}/w0.safetensors", cache_dir, max_files=2)
+    second = fetch_weights_file(f"{url}/w1.safetensors", cache_dir, max_files=2)
+    os.utime(first, (0, 0))  # make the clock's order unambiguous: w0 was used long ago...
+    os.utime(second, (1, 1))
+    assert fetch_weights_file(f"{url}/w0.safetensors", cache_dir, max_files=2) == first  # ...and now
+    fetch_weights_file(f"{url}/w2.safetensors", cache_dir, max_files=2)  # w1 is the least recently used
+    assert len(list(cache_dir.iterdir())) == 2 and first.is_file()
+    fetch_weights_file(f"{url}/w1.safetensors", cache_dir, max_files=2)
+    assert seen.count("/w1.safetensors") == 2  # it had been evicted, so it came again
+
+
+def test_fetch_refuses_other_schemes(tmp_path):
+    with pytest.raises(FineTunedWeightsError, match="unsupported URL scheme 'ftp'"):
+        fetch_weights_file("ftp://example.com/w.safetensors", tmp_path)
+
+
+def test_output_files_keep_only_the_newest(tmp_path):
+    outputs = OutputFiles(prefix="outs-", keep=1)
+    made = []
+    for i in range(5):
+        path = outputs.new("output.wav")
+        assert path.name == "output.wav" and not path.exists()
+        path.write_bytes(b"audio %d" % i)
+        made.append(path)
+    assert [p.exists() for p in made] == [False, False, False, False, True]
+    assert len(list(outputs.folder.iterdir())) == 1  # the folders of the sent files are gone too
+    two = OutputFiles(keep=2)
+    paths = []
+    for _ in range(3):
+        paths.append(two.new("o.wav"))
+        paths[-1].write_bytes(b"x")
+    assert [p.exists() for p in paths] == [False, True, True]
 
 
 def test_fetch_local_paths(tmp_path):

@@ -104,8 +104,52 @@ def test_fallback_caption(tmp_path):
         ({"learning_rate": 2.0}, "learning_rate"),
         ({"epochs": 0}, "epochs"),
         ({"seed": -5}, "seed"),
+        # what Cog's local server passes through unchecked (each once ended in a raw TypeError)
+        ({"epochs": 2.5}, "epochs must be a whole number"),
+        ({"epochs": "3"}, "epochs must be a whole number"),
+        ({"epochs": True}, "epochs must be a whole number"),
+        ({"learning_rate": "NaN"}, "learning_rate must be a finite number"),
+        ({"learning_rate": float("nan")}, "learning_rate must be a finite number"),
+        ({"lora_rank": 2.5}, "lora_rank must be a whole number"),
+        ({"segment_seconds": "2"}, "segment_seconds must be a finite number"),
+        ({"seed": "x"}, "seed must be a whole number"),
+        ({"one_same_description": 123}, "one_same_description must be text"),
+        ({"validation_split": None}, "validation_split must be a finite number"),
+        ({"batch_size": 1.5}, "batch_size must be a whole number"),
+        ({"epoch": 3}, "unknown input 'epoch': this model takes dataset_path"),
     ],
 )
 def test_bad_inputs_fail_before_any_work(tmp_path, inputs, message):
     with pytest.raises(InvalidInputError, match=message):
         _train(tmp_path / "never-read.tar.gz", **inputs)
+
+
+def test_whole_numbers_sent_as_floats_train_as_integers(tmp_path, monkeypatch):
+    import train as adapter
+
+    seen = {}
+
+    def fake_fine_tune(dataset, model_version, out, settings, **kwargs):
+        seen.update(settings=settings, **kwargs)
+        out.write_bytes(b"weights")
+
+    monkeypatch.setattr(adapter, "fine_tune", fake_fine_tune)
+    (tmp_path / "data.zip").write_bytes(b"PK")
+    adapter.train(
+        dataset_path=str(tmp_path / "data.zip"), epochs=3.0, lora_rank=8.0, segment_seconds=2, seed=7
+    )
+    settings = seen["settings"]
+    assert (settings.epochs, settings.lora_rank, settings.seed) == (3, 8, 7)
+    assert type(settings.epochs) is int and seen["segment_seconds"] == 2.0
+
+
+def test_each_training_keeps_only_the_newest_weights_on_disk(tmp_path, monkeypatch):
+    import train as adapter
+
+    monkeypatch.setattr(
+        adapter, "fine_tune", lambda dataset, model_version, out, *a, **k: out.write_bytes(b"w")
+    )
+    (tmp_path / "data.zip").write_bytes(b"PK")
+    first = adapter.train(dataset_path=str(tmp_path / "data.zip")).weights
+    second = adapter.train(dataset_path=str(tmp_path / "data.zip")).weights
+    assert second.is_file() and not first.exists() and not first.parent.exists()

@@ -40,16 +40,16 @@ def test_training_through_the_server_returns_weights_that_serve(weights_dir, tmp
     weights.write_bytes(base64.b64decode(payload))
     tuned = load_finetuned(weights)
     assert tuned.base_variant == "small" and tuned.dataset_report["segments"] == 12
-    assert bad["status"] == "failed" and "method must be 'lora' or 'full'" in bad["error"]
+    assert bad["status"] == "failed" and "method must be one of lora, full" in bad["error"]
     assert health == "READY"
 
     # the file is what predict.py takes, through setup(weights) and through replicate_weights
-    from predict import Predictor
+    from predict import Runner
 
     monkeypatch.setenv("MUSICGEN_WEIGHTS_DIR", str(weights_dir))
-    base = Predictor()
+    base = Runner()
     base.setup()
-    trained = Predictor()
+    trained = Runner()
     trained.setup(weights=str(weights))
     common = {"model_version": "small", "prompt": "a pure tone number 1", "duration": 1, "seed": 0}
     plain = call_predict(base, **common).read_bytes()

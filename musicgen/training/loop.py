@@ -192,7 +192,8 @@ class Trainer:
         self.params = params
         # the batch order must agree across ranks; dropout draws are each rank's own
         self.order_generator = torch.Generator().manual_seed(self.settings.seed)
-        self.generator = torch.Generator().manual_seed(self.settings.seed * 1000 + self.rank + 1)
+        # one stream per rank; wrapped into torch's 64-bit seed range for the largest seeds
+        self.generator = torch.Generator().manual_seed((self.settings.seed * 1000 + self.rank + 1) % 2**64)
         self.history: list[dict] = []
 
     # ---- one batch ---------------------------------------------------------------------------------
