@@ -36,6 +36,9 @@ MAX_SEED = 2**63 - 1
 # T5 reads at most 512 tokens (about 2,000 characters of English; `conditioning.MAX_TEXT_TOKENS` truncates
 # past that). A text far longer than that is a mistake, and tokenizing it would be work for nothing.
 MAX_PROMPT_CHARACTERS = 10_000
+# An audio input's part that is read (melody or audio to continue): a clip uses at most 300 s of it, and
+# a longer file would only cost memory (an hour of stereo is 1.8 GB decoded, several times that resampled).
+MAX_INPUT_AUDIO_SECONDS = 600
 # The schemes a file input may use; Cog itself fetches http(s) and data URLs into local files.
 FILE_URL_SCHEMES = ("http", "https", "data")
 
@@ -211,10 +214,29 @@ def read_input_audio(
     channels: int,
     start: float | None = None,
     end: float | None = None,
+    max_seconds: float = MAX_INPUT_AUDIO_SECONDS,
 ) -> torch.Tensor:
-    """The file input `name` read as [channels, samples] at `sample_rate`, every error naming the input."""
+    """The file input `name` read as [channels, samples] at `sample_rate`, every error naming the input.
+
+    The part to read (start to end, or to the end of the file) is measured from the file's header first
+    and refused past `max_seconds`, before anything is decoded: decoded audio takes 4 bytes per sample and
+    channel, several times that while it is resampled.
+    """
+    import soundfile as sf
+
     from .audio import read_audio
 
+    try:
+        info = sf.info(str(path))
+        length = info.frames / info.samplerate if info.samplerate > 0 else 0.0
+    except (sf.SoundFileError, RuntimeError, OSError):
+        length = 0.0  # read_audio says what is wrong with the file, in its own words
+    part = min(length, end if end is not None else length) - (start or 0.0)
+    if part > max_seconds:
+        raise InvalidInputError(
+            f"{name} is {length:.0f} s long and {part:.0f} s of it would be used; at most {max_seconds:.0f} s "
+            "are accepted: use a shorter file, or a shorter part of it."
+        )
     try:
         wav = read_audio(path, sample_rate, channels, start=start, end=end)
     except AudioFileError as err:

@@ -204,3 +204,16 @@ def test_finetuned_weights_with_nan_are_refused(tmp_path):
             tmp_path / "again.safetensors",
             FineTuned("small", "full", {"heads.weight": bad["heads.weight"]}, CFG),
         )
+
+
+def test_audio_inputs_longer_than_the_bound_are_refused_before_decoding(tmp_path):
+    import numpy as np
+    import soundfile as sf
+
+    path = tmp_path / "long.wav"
+    sf.write(path, np.zeros((601 * 1000, 1), dtype=np.int16), 1000, subtype="PCM_16")  # 601 s
+    with pytest.raises(InvalidInputError, match="input_audio is 601 s long and 601 s of it would be used"):
+        inputs.read_input_audio("input_audio", path, 32000, 1)
+    # a part of it within the bound is read
+    part = inputs.read_input_audio("input_audio", path, 32000, 1, start=590.0, end=600.0)
+    assert part.shape == (1, 10 * 32000)
