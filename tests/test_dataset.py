@@ -19,6 +19,7 @@ import torch
 from musicgen.errors import InvalidInputError
 from musicgen.training.dataset import (
     DatasetError,
+    Segment,
     _copy_limited,
     caption_for,
     extract_archive,
@@ -62,6 +63,14 @@ def make_zip(path: Path, members: dict[str, bytes]) -> Path:
     return path
 
 
+def prepare(*args, **kwargs):
+    """prepare_dataset, then every segment read back with its audio (SegmentAudio); the dataset closed."""
+    with prepare_dataset(*args, **kwargs) as data:
+        loaded = [item for batch in data.batches(3) for item in batch]
+        assert [item.segment for item in loaded] == data.segments
+    return loaded, data.report
+
+
 def listing(root: Path) -> list[str]:
     return sorted(p.relative_to(root).as_posix() for p in root.rglob("*"))
 
@@ -89,7 +98,7 @@ def test_tar_gz_with_txt_captions(dirs):
             "b.txt": "\ufeffStereo strings".encode(),  # a BOM from a Windows editor
         },
     )
-    segments, report = prepare_dataset(archive, work, channels=2, **SEG)
+    segments, report = prepare(archive, work, channels=2, **SEG)
 
     assert [(s.source, s.start, s.valid) for s in segments] == [
         ("b.flac", 0.0, SR),
@@ -152,9 +161,7 @@ def test_zip_with_json_captions_and_one_same_description_fallback(dirs):
             "z.txt": b"   \n",  # blank: falls through to one_same_description
         },
     )
-    segments, report = prepare_dataset(
-        archive, work, channels=1, one_same_description="  generic  music ", **SEG
-    )
+    segments, report = prepare(archive, work, channels=1, one_same_description="  generic  music ", **SEG)
     captions = {s.source: s.caption for s in segments}
     assert captions == {"x.wav": AUDIOCRAFT_TEXT, "y.ogg": "lo-fi beat.", "z.wav": "generic music"}
     assert [s.source for s in segments].count("x.wav") == 2
@@ -195,14 +202,14 @@ def test_single_audio_file(dirs):
     src, work = dirs
     solo = src / "solo.wav"
     sf.write(str(solo), tone(1.5, rate=48000, channels=2), 48000)
-    segments, report = prepare_dataset(solo, work, channels=1, one_same_description="solo guitar", **SEG)
+    segments, report = prepare(solo, work, channels=1, one_same_description="solo guitar", **SEG)
     assert [(s.source, s.start, s.valid, s.caption) for s in segments] == [
         ("solo.wav", 0.0, SR, "solo guitar"),
         ("solo.wav", 1.0, SR // 2, "solo guitar"),
     ]
     assert report.caption_sources["one_same_description"] == 1 and report.dataset == "solo.wav"
     (src / "solo.txt").write_text("a caption beside it")
-    segments, report = prepare_dataset(solo, work, channels=2, **SEG)
+    segments, report = prepare(solo, work, channels=2, **SEG)
     assert segments[0].caption == "a caption beside it" and report.caption_sources["txt"] == 1
     (src / "solo.txt").unlink()
     with pytest.raises(DatasetError, match=r"have no caption: solo\.wav"):
@@ -427,7 +434,7 @@ def test_unreadable_silent_short_files_skipped_and_reported(dirs):
             "fade.wav": audio_bytes(fade),
         },
     )
-    segments, report = prepare_dataset(archive, work, channels=1, one_same_description="x", **SEG)
+    segments, report = prepare(archive, work, channels=1, one_same_description="x", **SEG)
     assert [(s.source, s.start) for s in segments] == [("fade.wav", 0.0), ("good.wav", 0.0)]
     assert report.files_used == ["fade.wav", "good.wav"]
     reasons = {s.path: s.reason for s in report.files_skipped}
@@ -477,7 +484,7 @@ def test_macosx_dotfiles_and_other_files_ignored(dirs):
         zf.writestr(".hidden/b.wav", junk)
         zf.writestr("cover.jpg", junk)
         zf.writestr("notes.pdf", junk)
-    segments, report = prepare_dataset(archive, work, channels=1, **SEG)
+    segments, report = prepare(archive, work, channels=1, **SEG)
     assert [s.source for s in segments] == ["sub/a.wav"] and segments[0].caption == "from a mac"
     assert report.files_skipped == [] and report.ignored_entries == 5
 
@@ -498,17 +505,19 @@ def test_m4a_skipped_without_ffmpeg(dirs, monkeypatch):
     src, work = dirs
     monkeypatch.setenv("PATH", str(src))  # no ffmpeg on it
     archive = make_zip(src / "d.zip", {"a.wav": audio_bytes(tone(1.0)), "b.m4a": b"aac"})
-    segments, report = prepare_dataset(archive, work, channels=1, one_same_description="x", **SEG)
+    segments, report = prepare(archive, work, channels=1, one_same_description="x", **SEG)
     assert report.files_used == ["a.wav"]
     assert report.files_skipped[0].path == "b.m4a" and "need ffmpeg" in report.files_skipped[0].reason
 
 
-def test_m4a_decoded_through_ffmpeg(dirs, monkeypatch, tmp_path):
-    src, work = dirs
+def _fake_ffmpeg(tmp_path: Path, monkeypatch) -> Path:
+    """A stand-in ffmpeg on PATH: records its arguments and "decodes" by copying (the .m4a holds WAV data).
+
+    Returns the file its last arguments are written to.
+    """
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     log = tmp_path / "ffmpeg-args.json"
-    # A stand-in ffmpeg: records its arguments and "decodes" by copying (the .m4a below holds WAV data).
     fake = bin_dir / "ffmpeg"
     fake.write_text(
         f"#!{sys.executable}\n"
@@ -519,8 +528,14 @@ def test_m4a_decoded_through_ffmpeg(dirs, monkeypatch, tmp_path):
     )
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", str(bin_dir))
+    return log
+
+
+def test_m4a_decoded_through_ffmpeg(dirs, monkeypatch, tmp_path):
+    src, work = dirs
+    log = _fake_ffmpeg(tmp_path, monkeypatch)
     archive = make_zip(src / "d.zip", {"-i song.m4a": audio_bytes(tone(1.0)), "-i song.txt": b"aac"})
-    segments, report = prepare_dataset(archive, work, channels=1, **SEG)
+    segments, report = prepare(archive, work, channels=1, **SEG)
     assert [(s.source, s.caption, s.valid) for s in segments] == [("-i song.m4a", "aac", SR)]
     args = json.loads(log.read_text())
     assert "-nostdin" in args
@@ -565,5 +580,57 @@ def test_tar_ending_with_a_zip_is_read_as_a_tar(dirs):
     archive = make_tar(
         src / "outer.tar", {"outer.wav": audio_bytes(tone(1.0)), "z.zip": inner.getvalue()}, "w"
     )
-    segments, report = prepare_dataset(archive, work, channels=1, one_same_description="x", **SEG)
+    segments, report = prepare(archive, work, channels=1, one_same_description="x", **SEG)
     assert report.files_used == ["outer.wav"] and report.ignored_entries == 1
+
+
+def test_ffmpeg_wav_exists_while_its_segments_are_read(dirs, monkeypatch, tmp_path):
+    src, work = dirs
+    _fake_ffmpeg(tmp_path, monkeypatch)
+    archive = make_zip(
+        src / "d.zip",
+        {"a.m4a": audio_bytes(tone(2.0)), "a.txt": b"a", "b.m4a": audio_bytes(tone(1.0)), "b.txt": b"b"},
+    )
+
+    def converted() -> list[Path]:
+        return sorted(work.rglob("*.wav"))  # the archive holds no .wav: these are ffmpeg's outputs
+
+    with prepare_dataset(archive, work, channels=1, **SEG) as data:
+        assert converted() == []  # the check removed each conversion after reading it
+        read = []
+        for (item,) in data.batches(1):
+            assert len(converted()) == 1, converted()  # the file being read, and only it
+            read.append(item.source)
+        assert read == ["a.m4a", "a.m4a", "b.m4a"]
+        assert converted() == []
+    assert not any(work.iterdir())
+
+
+def test_segments_hold_no_audio_until_read(dirs):
+    src, work = dirs
+    solo = src / "solo.wav"
+    sf.write(str(solo), tone(2.5), SR)
+    with prepare_dataset(solo, work, channels=2, one_same_description="x", **SEG) as data:
+        assert data.segments == [
+            Segment("solo.wav", 0.0, SR, "x", offset=0),
+            Segment("solo.wav", 1.0, SR, "x", offset=SR),
+            Segment("solo.wav", 2.0, SR // 2, "x", offset=2 * SR),
+        ]
+        assert len(data) == 3 and data.segment_samples == SR and data.channels == 2
+        (batch,) = data.batches(8)
+        assert [tuple(item.wav.shape) for item in batch] == [(2, SR)] * 3
+    with pytest.raises(RuntimeError, match="after close"):
+        next(data.batches(8))
+
+
+def test_a_file_changed_after_the_check_is_reported(dirs):
+    src, work = dirs
+    solo = src / "solo.wav"
+    sf.write(str(solo), tone(2.5), SR)
+    with prepare_dataset(solo, work, channels=1, one_same_description="x", **SEG) as data:
+        sf.write(str(solo), tone(1.2), SR)  # shorter now: the second and third segments are gone
+        with pytest.raises(DatasetError, match=r"solo.wav .*changed"):
+            list(data.batches(8))
+        solo.write_bytes(b"not audio any more")
+        with pytest.raises(DatasetError, match=r"solo.wav could not be read again.*Run the training again"):
+            list(data.batches(8))

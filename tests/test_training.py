@@ -1,16 +1,25 @@
 """The fine-tuning loop: transformers' loss to the digit, falling loss, two-process data parallelism."""
 
+import io
+import shutil
+import socket
+import tarfile
+import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
+import soundfile as sf
 import torch
 from safetensors.torch import load_file
 
 from musicgen.loading import build_model, read_checkpoint
+from musicgen.training import run
+from musicgen.training.dataset import DatasetError
 from musicgen.training.encode import EncodedSet, encode_segments
 from musicgen.training.loop import Trainer, TrainSettings, masked_cross_entropy, training_targets
-from musicgen.training.run import run_workers, write_job
+from musicgen.training.run import TrainingError, fine_tune, run_workers, write_job
 
 
 def _tones(seconds=2.0, short_last=True):
@@ -116,3 +125,118 @@ def test_two_processes_with_gloo_hold_the_same_weights(tiny, tmp_path):
     # the adapters moved away from their start (lora_B starts at zero) and rank 0 wrote the weights
     assert any(v.abs().sum() > 0 for k, v in rank0.items() if "lora_B" in k)
     assert Path(out).is_file()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# fine_tune's temporary files: nothing of a run is left behind, whatever its outcome
+
+
+@pytest.fixture
+def fine_tune_env(tiny, tmp_path, monkeypatch):
+    """tempfile's folder pointed at an empty one of this test, and the tiny mono model served as "small"."""
+    weights = tmp_path / "weights"
+    shutil.copytree(tiny.get("mono")[0], weights / "small")
+    monkeypatch.setenv("MUSICGEN_WEIGHTS_DIR", str(weights))
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    return temp
+
+
+def _tone_archive(path, captions=True):
+    """A tar.gz of two captioned 2 s tones."""
+    with tarfile.open(path, "w:gz") as tar:
+        for i in range(2):
+            buf = io.BytesIO()
+            t = np.arange(64000) / 32000
+            sf.write(
+                buf, (0.5 * np.sin(2 * np.pi * 220 * (i + 1) * t)).astype(np.float32), 32000, format="WAV"
+            )
+            members = [(f"tone{i}.wav", buf.getvalue())] + ([(f"tone{i}.txt", b"a tone")] if captions else [])
+            for name, data in members:
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+_QUICK = TrainSettings(method="lora", epochs=1, batch_size=2, learning_rate=1e-3, warmup_steps=0)
+
+
+def _fine_tune(tmp_path, captions=True, **kwargs):
+    archive = _tone_archive(tmp_path / "data.tar.gz", captions)
+    out = tmp_path / "out" / "tuned.safetensors"
+    out.parent.mkdir(exist_ok=True)
+    fine_tune(archive, "small", out, _QUICK, segment_seconds=1.0, log=lambda _: None, **kwargs)
+    return out
+
+
+@pytest.mark.parametrize("outcome", ["success", "dataset_error", "training_error"])
+def test_fine_tune_removes_its_work_folder(fine_tune_env, tmp_path, monkeypatch, outcome):
+    during = []
+    if outcome == "training_error":
+
+        def fail(self, *args, **kwargs):
+            # the work folder exists while training runs; the extracted dataset is already gone
+            during.extend(p.relative_to(fine_tune_env).as_posix() for p in fine_tune_env.rglob("*"))
+            raise RuntimeError("training failed")
+
+        monkeypatch.setattr(Trainer, "fit", fail)
+    if outcome == "success":
+        assert _fine_tune(tmp_path, gpus=1).is_file()
+    else:
+        error = DatasetError if outcome == "dataset_error" else RuntimeError
+        with pytest.raises(error):
+            _fine_tune(tmp_path, captions=outcome != "dataset_error", gpus=1)
+    if outcome == "training_error":
+        assert len(during) == 1 and during[0].startswith("musicgen-train-"), during
+    assert list(fine_tune_env.iterdir()) == []
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize(
+    "given_work_dir, outcome", [(True, "success"), (False, "failure"), (True, "failure")]
+)
+def test_fine_tune_on_several_gpus_removes_the_job_files(
+    fine_tune_env, tmp_path, monkeypatch, given_work_dir, outcome
+):
+    seen = []
+
+    def workers(job, processes, backend, **kwargs):
+        """torchrun's stand-in: one gloo worker in this process, or a failure."""
+        seen.append(sorted(p.name for p in job.parent.iterdir()))
+        if outcome == "failure":
+            raise TrainingError("the training workers failed (exit 1)")
+        from musicgen.training import worker
+
+        for name, value in {
+            "RANK": "0",
+            "WORLD_SIZE": "1",
+            "LOCAL_RANK": "0",
+            "MASTER_ADDR": "127.0.0.1",
+        }.items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.setenv("MASTER_PORT", str(_free_port()))
+        worker.main([str(job), "--backend=gloo"])
+
+    monkeypatch.setattr(run, "run_workers", workers)
+    work = tmp_path / "given"
+    if given_work_dir:
+        work.mkdir()
+        (work / "keep.txt").write_text("the caller's")
+    kwargs = {"gpus": 2, "work_dir": work if given_work_dir else None}
+    if outcome == "success":
+        assert _fine_tune(tmp_path, **kwargs).is_file()
+    else:
+        with pytest.raises(TrainingError):
+            _fine_tune(tmp_path, **kwargs)
+    if given_work_dir:
+        assert sorted(p.name for p in work.iterdir()) == ["keep.txt"]
+    assert list(fine_tune_env.iterdir()) == []
+    # the workers found the job and the encoded data; the extracted dataset was already removed
+    assert seen == [["job.json"] + (["keep.txt"] if given_work_dir else []) + ["train.safetensors"]]

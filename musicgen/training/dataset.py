@@ -1,6 +1,8 @@
 """Dataset ingestion for fine-tuning: an archive or one audio file in, captioned 32 kHz segments out.
 
-`prepare_dataset` chains the pieces below, each usable alone:
+`prepare_dataset` chains the pieces below, each usable alone, and returns a `PreparedDataset`: where every
+segment lies (file, start, real length, caption), the report, and the extracted files, from which
+`PreparedDataset.batches` reads the segments' audio again a batch at a time for EnCodec.
 
 1. `extract_archive` unpacks a tar (plain, gz, bz2, xz) or zip into a fresh folder, member by member, after
    checking each one: no absolute paths, no `..`, no links, devices or fifos, at most `max_files` files and
@@ -10,10 +12,18 @@
 2. `find_audio_files` lists the audio files under the extracted folder.
 3. `caption_for` finds each file's caption: `<stem>.txt`, else audiocraft's `<stem>.json` metadata folded into
    one text (`fold_music_info`), else `one_same_description`.
-4. Audio is decoded with `musicgen.audio.read_audio` (libsndfile, resampled to 32 kHz, mixed to `channels`);
-   .m4a / .mp4 / .aac go through ffmpeg to a temporary WAV first, when ffmpeg is installed.
-5. `segment_audio` cuts each file into `segment_seconds` pieces; a shorter last piece is kept, zero-padded
-   and marked with its valid length, when it lasts at least `min_last_seconds`.
+4. Audio is streamed with `musicgen.audio.AudioStream` (libsndfile, resampled to 32 kHz, mixed to
+   `channels`: read_audio's samples, a block of at most STREAM_BLOCK_BYTES at a time); .m4a / .mp4 / .aac
+   go through ffmpeg to a temporary WAV first, when ffmpeg is installed.
+5. Each file is cut into `segment_seconds` pieces as `segment_audio` cuts a waveform: a shorter last piece
+   is kept, zero-padded and marked with its valid length, when it lasts at least `min_last_seconds`.
+
+Memory: no step holds a whole file or the whole dataset's audio. Checking a file keeps one block and one
+byte per segment; `batches` holds the batch being filled. Ingestion's peak memory is thus a fixed budget (a few
+blocks, the resampling filter, one batch of segments) whatever the archive holds, at the price of
+decoding every file twice (once to check it, once to encode it). A file whose sample rate would need a
+resampling filter over `musicgen.audio.MAX_RESAMPLE_FILTER` (rates sharing few factors with 32 kHz, such as
+31999 Hz) is skipped with a reason saying to convert it; there is no limit on a file's length.
 
 Files that cannot be used (unreadable, silent, too short, undecodable caption) are skipped and listed in the
 `DatasetReport`; problems the user must fix before anything can work (an unsafe or oversized archive, files
@@ -22,6 +32,7 @@ without captions, nothing usable left) raise one `DatasetError` that says what t
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -29,16 +40,17 @@ import re
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 import torch
 
-from ..audio import read_audio
+from ..audio import AudioStream
 from ..config import SAMPLE_RATE
-from ..errors import InvalidInputError
+from ..errors import AudioFileError, InvalidInputError
 from .archive import (
     AUDIO_SUFFIXES,
     CAPTION_SUFFIXES,
@@ -69,15 +81,42 @@ FFMPEG_TIMEOUT_S = 600
 _MAX_NAMES_IN_MESSAGE = 20
 
 
-@dataclass
+@dataclass(slots=True)
 class Segment:
-    """One training example: a fixed-length piece of a file and its caption."""
+    """One training example: where a fixed-length piece of a file lies, and its caption.
+
+    The audio is not held here (a dataset may hold hours of it): `PreparedDataset.batches` reads it.
+    Slots: a dataset may hold a hundred thousand of these.
+    """
 
     source: str  # file path relative to the dataset root (posix separators)
-    start: float  # seconds into the file
-    wav: torch.Tensor  # [C, S] float32 at 32 kHz, S = segment_seconds * 32000, zero-padded after `valid`
-    valid: int  # samples of real audio in `wav`; < S only for a kept last piece (the trainer masks the rest)
+    start: float  # seconds into the file (offset / 32000)
+    valid: int  # samples of real audio; < S only for a kept last piece (the trainer masks the rest)
     caption: str
+    offset: int = 0  # first sample at 32 kHz, a multiple of S = segment_seconds * 32000
+
+
+class SegmentAudio(NamedTuple):
+    """A segment with its audio, as `PreparedDataset.batches` yields it."""
+
+    segment: Segment
+    wav: torch.Tensor  # [C, S] float32 at 32 kHz, zero-padded after `segment.valid`
+
+    @property
+    def source(self) -> str:
+        return self.segment.source
+
+    @property
+    def start(self) -> float:
+        return self.segment.start
+
+    @property
+    def valid(self) -> int:
+        return self.segment.valid
+
+    @property
+    def caption(self) -> str:
+        return self.segment.caption
 
 
 @dataclass
@@ -357,22 +396,38 @@ def segment_audio(
     """
     if wav.dim() != 2:
         raise InvalidInputError(f"segment_audio expects [channels, samples], got {tuple(wav.shape)}")
-    seg = int(round(segment_seconds * sample_rate))
-    min_last = int(math.ceil(min_last_seconds * sample_rate))
+    seg, min_last = _piece_samples(segment_seconds, min_last_seconds, sample_rate)
     if seg <= 0:
         raise InvalidInputError(f"segment_seconds must be positive, got {segment_seconds}")
     channels, total = wav.shape
-    full = total // seg
-    pieces = [Piece(i * seg, wav[:, i * seg : (i + 1) * seg].clone(), seg) for i in range(full)]
-    rest = total - full * seg
+    kept, dropped = _cut(total, seg, min_last)
+    pieces = []
+    for i in range(kept):
+        valid = min(seg, total - i * seg)
+        piece = wav.new_zeros(channels, seg)  # [C, S], zero-padded after `valid`
+        piece[:, :valid] = wav[:, i * seg : i * seg + valid]
+        pieces.append(Piece(i * seg, piece, valid))
+    return pieces, dropped
+
+
+def _piece_samples(segment_seconds: float, min_last_seconds: float, sample_rate: int) -> tuple[int, int]:
+    """(S, the samples of a piece; the fewest samples a kept last piece has)."""
+    return int(round(segment_seconds * sample_rate)), int(math.ceil(min_last_seconds * sample_rate))
+
+
+def _cut(total: int, seg: int, min_last: int) -> tuple[int, int]:
+    """How `total` samples are cut into pieces of `seg`: (pieces kept, samples dropped at the end).
+
+    The pieces are the full ones, then the remainder when it has at least `min_last` samples (at least
+    one); a shorter remainder is dropped. Used by `segment_audio` and by the streamed cut in
+    `prepare_dataset`, so that both cut alike.
+    """
+    full, rest = divmod(total, seg)
     if rest == 0:
-        return pieces, 0
+        return full, 0
     if rest < max(min_last, 1):
-        return pieces, rest
-    padded = wav.new_zeros(channels, seg)  # [C, S]
-    padded[:, :rest] = wav[:, full * seg :]
-    pieces.append(Piece(full * seg, padded, rest))
-    return pieces, 0
+        return full, rest
+    return full + 1, 0
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -381,6 +436,128 @@ def segment_audio(
 
 class _Skip(Exception):
     """A file that cannot be used; the message is the reason shown in the report."""
+
+
+class PreparedDataset:
+    """A checked dataset: its segments (where each lies, not its audio), the report, and the files.
+
+    `prepare_dataset` returns it once every check that needs no model has passed. The audio files stay on
+    disk (extracted from the archive into a temporary folder) until `close`, or the end of a `with` block,
+    removes that folder; `batches` reads the segments' audio from them meanwhile.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        segments: list[Segment],
+        report: DatasetReport,
+        segment_samples: int,
+        tmp: tempfile.TemporaryDirectory,
+    ):
+        self.root = root  # the folder the segments' `source` paths are relative to
+        self.segments = segments  # sorted by file, then time
+        self.report = report
+        self.segment_samples = segment_samples  # S: samples of every segment at 32 kHz
+        self._tmp = tmp  # the extracted archive and, while one file is read, ffmpeg's WAV of it
+        self._closed = False
+
+    @property
+    def channels(self) -> int:
+        return self.report.channels
+
+    def __len__(self) -> int:
+        return len(self.segments)
+
+    def batches(self, batch_size: int = 8) -> Iterator[list[SegmentAudio]]:
+        """The segments with their audio, `batch_size` at a time, in `segments` order.
+
+        Each file is streamed once more (through ffmpeg again for .m4a / .mp4 / .aac: its temporary WAV
+        exists while its segments are read and is removed right after) and only the batch being filled is
+        held: at most `batch_size` segments of [C, S] float32, plus one block of the file.
+
+        Raises:
+            DatasetError: a file no longer reads as it did when it was checked (changed or removed since).
+        """
+        if self._closed:
+            raise RuntimeError("PreparedDataset.batches after close: its files are removed")
+        if batch_size < 1:
+            raise InvalidInputError(f"batch_size must be at least 1, got {batch_size}")
+        batch: list[SegmentAudio] = []
+        for name, group in itertools.groupby(self.segments, key=lambda s: s.source):
+            for item in self._read_file(name, list(group)):
+                batch.append(item)
+                if len(batch) == batch_size:
+                    yield batch
+                    batch = []
+        if batch:
+            yield batch
+
+    def _read_file(self, name: str, wanted: list[Segment]) -> Iterator[SegmentAudio]:
+        """The audio of `wanted` (segments of file `name`, in order), streamed and cut as when checked."""
+        seg = self.segment_samples
+        by_offset = {s.offset: s for s in wanted}
+        end = wanted[-1].offset + seg  # nothing after the last wanted segment is needed
+        done = 0
+        source = None
+        try:
+            with (
+                _decodable(self.root / name, name, Path(self._tmp.name)) as source,
+                AudioStream(source, SAMPLE_RATE, self.channels) as stream,
+            ):
+                piece, segment = None, None  # the wanted segment being filled: [C, S]
+                pos = 0  # samples of the file streamed before `block`
+                for block in stream:  # [C, k]
+                    at = 0
+                    while at < block.shape[1]:
+                        offset = (pos + at) // seg * seg  # start of the piece sample pos + at is in
+                        stop = min(block.shape[1], offset + seg - pos)
+                        if offset in by_offset:
+                            if piece is None:
+                                segment, piece = by_offset[offset], block.new_zeros(self.channels, seg)
+                            piece[:, pos + at - offset : pos + stop - offset] = block[:, at:stop]
+                            if pos + stop - offset == seg:
+                                yield self._checked(name, segment, piece, seg)
+                                piece, segment, done = None, None, done + 1
+                        at = stop
+                    pos += block.shape[1]
+                    if pos >= end:
+                        break
+                if piece is not None:  # the kept last piece, zero-padded after its `valid` samples
+                    yield self._checked(name, segment, piece, pos - segment.offset)
+                    done += 1
+        except DatasetError:
+            raise
+        except (_Skip, InvalidInputError) as e:  # AudioFileError is an InvalidInputError
+            detail = str(e) if source is None else str(e).replace(str(source), name)
+            raise DatasetError(
+                f"{name} could not be read again to encode it ({detail}); was it changed or removed "
+                "while training was being prepared? Run the training again"
+            ) from e
+        if done != len(wanted):
+            raise DatasetError(
+                f"{name} is shorter than when it was checked ({done} of its {len(wanted)} segments read); "
+                "was it changed while training was being prepared? Run the training again"
+            )
+
+    @staticmethod
+    def _checked(name: str, segment: Segment, piece: torch.Tensor, valid: int) -> SegmentAudio:
+        if valid != segment.valid:
+            raise DatasetError(
+                f"{name} changed while training was being prepared: the segment at {segment.start:g} s "
+                f"now holds {valid} samples, not {segment.valid}. Run the training again"
+            )
+        return SegmentAudio(segment, piece)
+
+    def close(self) -> None:
+        """Removes the temporary folder (the extracted files); `batches` cannot be used afterwards."""
+        self._closed = True
+        self._tmp.cleanup()
+
+    def __enter__(self) -> PreparedDataset:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def prepare_dataset(
@@ -393,13 +570,18 @@ def prepare_dataset(
     min_last_seconds: float = DEFAULT_MIN_LAST_SECONDS,
     max_total_bytes: int = DEFAULT_MAX_TOTAL_BYTES,
     max_files: int = DEFAULT_MAX_FILES,
-) -> tuple[list[Segment], DatasetReport]:
-    """Turns a dataset (a tar / tar.gz / tgz / zip archive, or one audio file) into training segments.
+) -> PreparedDataset:
+    """Checks a dataset (a tar / tar.gz / tgz / zip archive, or one audio file) and lists its segments.
+
+    Every check that needs no model happens here, so that each mistake is reported before a model is
+    loaded: the archive's safety and size, the captions, and each file's audio, streamed once (decodable,
+    finite, not silent, long enough; silent segments dropped). The audio is not kept: the result lists
+    where each segment lies, and its `batches` reads them again when they are encoded.
 
     Args:
         dataset_path: the archive, or a single audio file (its caption may be a .txt / .json beside it).
-        work_dir: folder for the extracted files and ffmpeg conversions, in a temporary subfolder that is
-            removed before returning; nothing is written anywhere else.
+        work_dir: folder for the extracted files and ffmpeg conversions, in a temporary subfolder that the
+            result's `close` removes (or this function, when it raises); nothing is written anywhere else.
         channels: 1 for mono models, 2 for stereo ones; audio is mixed or duplicated to match.
         segment_seconds: length of every segment, at most 30 s.
         one_same_description: caption of every file that has no .txt or .json of its own.
@@ -407,7 +589,8 @@ def prepare_dataset(
         max_total_bytes, max_files: limits on what an archive may unpack (see `extract_archive`).
 
     Returns:
-        (segments sorted by file then time, report). Segments hold the audio in memory.
+        A `PreparedDataset` (segments sorted by file then time, and the report); use it in a `with` block,
+        or call its `close`, so that the extracted files are removed.
 
     Raises:
         DatasetError: the archive is unsafe, oversized, damaged or empty; audio files have no caption (all
@@ -439,23 +622,27 @@ def prepare_dataset(
         segment_seconds=float(segment_seconds),
         min_last_seconds=float(min_last_seconds),
     )
+    seg, min_last = _piece_samples(segment_seconds, min_last_seconds, SAMPLE_RATE)
     work_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="dataset-", dir=work_dir) as tmp:
-        tmp_dir = Path(tmp)
+    tmp = tempfile.TemporaryDirectory(prefix="dataset-", dir=work_dir)
+    try:
+        tmp_dir = Path(tmp.name)
         root, files = _dataset_files(dataset_path, tmp_dir / "files", report, max_total_bytes, max_files)
         captions = _captions(root, files, one_same_description, report)
-        segments = _segments(root, captions, tmp_dir, report)
-    report.files_skipped.sort(key=lambda s: s.path)
-
-    if not segments:
-        shown = [f"{s.path} ({s.reason})" for s in report.files_skipped[:_MAX_NAMES_IN_MESSAGE]]
-        more = len(report.files_skipped) - len(shown)
-        raise DatasetError(
-            f"No usable audio in {dataset_path.name}: every file was skipped: "
-            + "; ".join(shown)
-            + (f"; and {more} more" if more else "")
-        )
-    return segments, report
+        segments = _segments(root, captions, tmp_dir, report, seg, min_last)
+        report.files_skipped.sort(key=lambda s: s.path)
+        if not segments:
+            shown = [f"{s.path} ({s.reason})" for s in report.files_skipped[:_MAX_NAMES_IN_MESSAGE]]
+            more = len(report.files_skipped) - len(shown)
+            raise DatasetError(
+                f"No usable audio in {dataset_path.name}: every file was skipped: "
+                + "; ".join(shown)
+                + (f"; and {more} more" if more else "")
+            )
+    except BaseException:
+        tmp.cleanup()
+        raise
+    return PreparedDataset(root, segments, report, seg, tmp)
 
 
 def _dataset_files(
@@ -519,43 +706,42 @@ def _captions(
 
 
 def _segments(
-    root: Path, captions: list[tuple[Path, str, CaptionSource]], tmp_dir: Path, report: DatasetReport
+    root: Path,
+    captions: list[tuple[Path, str, CaptionSource]],
+    tmp_dir: Path,
+    report: DatasetReport,
+    seg: int,
+    min_last: int,
 ) -> list[Segment]:
-    """Decodes, checks and cuts every captioned file, filling `report` as it goes."""
+    """Streams, checks and cuts every captioned file, filling `report` as it goes."""
     segments: list[Segment] = []
     for rel, caption, source in captions:
         name = rel.as_posix()
         try:
-            wav = _decode(root / rel, name, report.channels, tmp_dir)  # [C, N]
-            if not torch.isfinite(wav).all():
-                raise _Skip("contains NaN or infinite samples")
-            peak = wav.abs().max().item()
+            total, peak, loud_pieces = _scan(root / rel, name, report.channels, tmp_dir, seg)
             if peak < SILENCE_PEAK:
                 raise _Skip(f"silent (peak {peak:.2g}, below {SILENCE_PEAK:g})")
-            pieces, dropped = segment_audio(
-                wav,
-                segment_seconds=report.segment_seconds,
-                min_last_seconds=report.min_last_seconds,
-            )
-            if not pieces:
+            kept, dropped = _cut(total, seg, min_last)
+            if not kept:
                 raise _Skip(
-                    f"too short ({wav.shape[-1] / SAMPLE_RATE:.2f} s); a file must last at least "
+                    f"too short ({total / SAMPLE_RATE:.2f} s); a file must last at least "
                     f"min_last_seconds ({report.min_last_seconds:g} s)"
                 )
         except _Skip as e:
             report.files_skipped.append(SkippedFile(name, str(e)))
             continue
         # A silent stretch (a long fade-out, a gap) would teach silence as much as a silent file does.
-        loud = [p for p in pieces if p.wav[:, : p.valid].abs().max().item() >= SILENCE_PEAK]
+        loud = [i for i in range(kept) if loud_pieces[i]]
         if not loud:  # the peak was in a dropped last piece
             report.files_skipped.append(SkippedFile(name, "silent in every kept segment"))
             continue
-        report.dropped_silent_segments += len(pieces) - len(loud)
+        report.dropped_silent_segments += kept - len(loud)
         report.dropped_last_pieces += int(dropped > 0)
-        for piece in loud:
-            segments.append(Segment(name, piece.start / SAMPLE_RATE, piece.wav, piece.valid, caption))
-            report.padded_segments += int(piece.valid < piece.wav.shape[-1])
-            report.total_seconds += piece.valid / SAMPLE_RATE
+        for i in loud:
+            valid = min(seg, total - i * seg)
+            segments.append(Segment(name, i * seg / SAMPLE_RATE, valid, caption, offset=i * seg))
+            report.padded_segments += int(valid < seg)
+            report.total_seconds += valid / SAMPLE_RATE
         report.segments += len(loud)
         report.files_used.append(name)
         report.caption_sources[source] += 1
@@ -563,20 +749,61 @@ def _segments(
     return segments
 
 
-def _decode(path: Path, name: str, channels: int, tmp_dir: Path) -> torch.Tensor:
-    """[C, N] float32 at 32 kHz, or _Skip with a reason naming `name` (not the temporary path)."""
-    source = path
-    converted = None
-    if path.suffix.lower() in FFMPEG_SUFFIXES:
-        converted = _ffmpeg_to_wav(path, name, tmp_dir)
-        source = converted
+def _scan(path: Path, name: str, channels: int, tmp_dir: Path, seg: int) -> tuple[int, float, bytearray]:
+    """Streams one file: (its length in samples at 32 kHz, its peak, which pieces of `seg` samples are loud).
+
+    A piece is loud when its peak reaches SILENCE_PEAK; the last flag may be of a partial piece. Holds one
+    block of audio at a time and one byte per piece, whatever the file's length. Raises _Skip, with a
+    reason naming `name` (not a temporary path), for a file that cannot be used.
+    """
+    loud = bytearray()
+    top = 0.0
+    total = 0
+    with _decodable(path, name, tmp_dir) as source:
+        try:
+            with AudioStream(source, SAMPLE_RATE, channels) as stream:
+                for block in stream:  # [C, k]
+                    at = 0
+                    while at < block.shape[1]:
+                        into = (total + at) % seg  # samples of the current piece before this one
+                        stop = min(block.shape[1], at + seg - into)
+                        # Both checks from min and max: the peak is the larger magnitude, and NaN
+                        # propagates through both. numpy's single-threaded reductions are several times
+                        # faster here than torch's on a busy machine (thread hand-offs per block).
+                        piece = block[:, at:stop].numpy()  # [C, n], a view
+                        peak = max(abs(float(piece.min())), abs(float(piece.max())))
+                        if not math.isfinite(peak):
+                            raise _Skip("contains NaN or infinite samples")
+                        if into == 0:
+                            loud.append(0)
+                        if peak >= SILENCE_PEAK:
+                            loud[-1] = 1
+                        top = max(top, peak)
+                        at = stop
+                    total += block.shape[1]
+        except AudioFileError as e:  # one bad file must not stop the others; the reason goes to the report
+            raise _Skip(f"unreadable: {str(e).replace(str(source), name)}") from e
+        except InvalidInputError as e:  # a sample rate whose resampling filter would be too large
+            raise _Skip(str(e).replace(str(source), name)) from e
+    return total, top, loud
+
+
+@contextmanager
+def _decodable(path: Path, name: str, tmp_dir: Path) -> Iterator[Path]:
+    """`path`, or for .m4a / .mp4 / .aac a temporary WAV that ffmpeg decoded it to, removed on exit.
+
+    The conversion is made again for each pass over the file (check, then encode) rather than kept in
+    between: a 32-bit WAV is ten to twenty times the size of the AAC it comes from, and keeping one per
+    file would take that much disk for the whole dataset.
+    """
+    if path.suffix.lower() not in FFMPEG_SUFFIXES:
+        yield path
+        return
+    converted = _ffmpeg_to_wav(path, name, tmp_dir)
     try:
-        return read_audio(source, SAMPLE_RATE, channels)
-    except Exception as e:  # one bad file must not stop the others; the reason goes to the report
-        raise _Skip(f"unreadable: {str(e).replace(str(source), name)}") from e
+        yield converted
     finally:
-        if converted is not None:
-            converted.unlink(missing_ok=True)
+        converted.unlink(missing_ok=True)
 
 
 def _ffmpeg_to_wav(path: Path, name: str, tmp_dir: Path) -> Path:
@@ -629,7 +856,9 @@ __all__ = [
     "DatasetReport",
     "Extraction",
     "Piece",
+    "PreparedDataset",
     "Segment",
+    "SegmentAudio",
     "SkippedFile",
     "caption_for",
     "extract_archive",

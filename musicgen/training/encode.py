@@ -2,19 +2,28 @@
 
 EnCodec and the chroma are frozen, so they run once per segment, not once per epoch. The result can be
 saved to one safetensors file, which is how data-parallel workers receive it.
+
+Audio goes through a batch at a time and only the codes are kept (50 frames of K int64 per second, 80
+times smaller than the float32 waveform they replace), so the audio of a dataset of any length is encoded
+within the memory of one batch: `encode_dataset` reads each batch from a `PreparedDataset` as it goes.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from ..model import MusicGen
+
+if TYPE_CHECKING:
+    from .dataset import PreparedDataset
 
 
 @dataclass
@@ -56,16 +65,37 @@ class EncodedSet:
         return cls(t["codes"], t["valid"], captions, t.get("chroma"))
 
 
+def encode_segments(model: MusicGen, segments: Sequence, batch_size: int = 8) -> EncodedSet:
+    """Encodes `segments` held in memory (objects with `wav` [C, S], `valid` samples and `caption`) with
+    the model's EnCodec, and computes their chroma on melody models."""
+    batches = (segments[i : i + batch_size] for i in range(0, len(segments), batch_size))
+    return encode_batches(model, batches)
+
+
+def encode_dataset(model: MusicGen, dataset: PreparedDataset, batch_size: int = 8) -> EncodedSet:
+    """Encodes every segment of `dataset`, reading their audio from its files one batch at a time.
+
+    Gives the codes `encode_segments` gives for the same segments in memory; peak memory is one batch of
+    audio and its EnCodec activations, whatever the dataset's length.
+    """
+    return encode_batches(model, dataset.batches(batch_size))
+
+
 @torch.inference_mode()
-def encode_segments(model: MusicGen, segments, batch_size: int = 8) -> EncodedSet:
-    """Encodes `segments` (objects with `wav` [C, S], `valid` samples and `caption`) with the model's
-    EnCodec, and computes their chroma on melody models."""
+def encode_batches(model: MusicGen, batches: Iterable[Sequence]) -> EncodedSet:
+    """Encodes batches of segments (objects with `wav` [C, S], `valid` and `caption`) as they come.
+
+    Each batch is released before the next is asked for, so a lazy iterable (`PreparedDataset.batches`)
+    keeps one batch of audio in memory.
+    """
     hop = model.config.sample_rate // model.config.frame_rate
-    codes, chroma = [], []
-    for i in range(0, len(segments), batch_size):
-        batch = segments[i : i + batch_size]
+    codes, chroma, valid, captions = [], [], [], []
+    for batch in batches:
         wav = torch.stack([model._as_channels(s.wav, "training audio") for s in batch])  # [b, C, S]
-        codes.append(model.codec.encode(wav).cpu())
+        codes.append(model.codec.encode(wav).cpu())  # [b, K, T]
+        del wav
+        valid.extend(math.ceil(s.valid / hop) for s in batch)
+        captions.extend(s.caption for s in batch)
         if model.config.is_melody:
             from ..chroma import extract_chroma, fit_chroma
 
@@ -78,10 +108,12 @@ def encode_segments(model: MusicGen, segments, batch_size: int = 8) -> EncodedSe
                 for s in batch
             ]
             chroma.append(torch.cat(per_item))
-    valid = torch.tensor([math.ceil(s.valid / hop) for s in segments], dtype=torch.long)
+        del batch  # the generator's next batch is read only now: one batch of audio held at a time
+    if not codes:
+        raise ValueError("encode_batches: no segments to encode")
     return EncodedSet(
         codes=torch.cat(codes),
-        valid=valid,
-        captions=[s.caption for s in segments],
+        valid=torch.tensor(valid, dtype=torch.long),
+        captions=captions,
         chroma=torch.cat(chroma) if chroma else None,
     )
