@@ -196,6 +196,10 @@ def test_caption_order(tmp_path):
     (tmp_path / "song.txt").write_bytes(b"\xff\xfe bad")
     with pytest.raises(DatasetError, match="song.txt is not UTF-8"):
         caption_for(audio)
+    # a caption file is read whole: a huge one is refused before it is read
+    (tmp_path / "song.txt").write_bytes(b"word " * (1 << 19))
+    with pytest.raises(DatasetError, match="song.txt is 2,621,440 bytes; a caption file may hold at most"):
+        caption_for(audio)
 
 
 def test_single_audio_file(dirs):

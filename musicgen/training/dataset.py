@@ -78,6 +78,9 @@ DEFAULT_MIN_LAST_SECONDS = 5.0
 SILENCE_PEAK = 1e-4
 FFMPEG_TIMEOUT_S = 600
 
+# .txt / .json caption files are read whole; anything larger is refused (see _read_text).
+MAX_CAPTION_BYTES = 1 << 20
+
 _MAX_NAMES_IN_MESSAGE = 20
 
 
@@ -259,6 +262,13 @@ def caption_for(
 
 def _read_text(path: Path) -> str:
     try:
+        size = path.stat().st_size
+        if size > MAX_CAPTION_BYTES:
+            # a caption is read whole, and T5 reads 512 tokens of it: a huge one is a mistake, not a caption
+            raise DatasetError(
+                f"{path.name} is {size:,} bytes; a caption file may hold at most {MAX_CAPTION_BYTES:,} "
+                "(the text encoder reads about 2,000 characters): shorten it"
+            )
         # utf-8-sig: Windows editors put a byte-order mark at the start, which must not reach the caption
         return path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as e:
