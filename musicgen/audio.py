@@ -102,15 +102,7 @@ def read_audio(
         AudioFileError: the file is missing, not a readable audio file, or holds no samples (in the slice).
         InvalidInputError: `start` / `end` / `sample_rate` / `channels` are not acceptable.
     """
-    path = Path(path)
-    if sample_rate <= 0:
-        raise InvalidInputError(f"sample_rate must be positive, got {sample_rate}")
-    if channels < 1:
-        raise InvalidInputError(f"channels must be at least 1, got {channels}")
-    if not path.exists():
-        raise AudioFileError(f"Audio file not found: {path}")
-    if not path.is_file():
-        raise AudioFileError(f"Audio path is not a file: {path}")
+    path = _checked_source(path, sample_rate, channels)
     if start is not None and (not math.isfinite(start) or start < 0):
         raise InvalidInputError(f"start must be a finite number of seconds >= 0, got {start} (file {path})")
     if end is not None and (not math.isfinite(end) or end < 0):
@@ -294,15 +286,7 @@ class AudioStream:
     def __init__(
         self, path: str | Path, sample_rate: int, channels: int, *, block_bytes: int = STREAM_BLOCK_BYTES
     ):
-        path = Path(path)
-        if sample_rate <= 0:
-            raise InvalidInputError(f"sample_rate must be positive, got {sample_rate}")
-        if channels < 1:
-            raise InvalidInputError(f"channels must be at least 1, got {channels}")
-        if not path.exists():
-            raise AudioFileError(f"Audio file not found: {path}")
-        if not path.is_file():
-            raise AudioFileError(f"Audio path is not a file: {path}")
+        path = _checked_source(path, sample_rate, channels)
         self.path, self.sample_rate, self.channels = path, int(sample_rate), int(channels)
         try:
             self._file = _SequentialSoundFile(str(path))
@@ -373,6 +357,20 @@ class AudioStream:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _checked_source(path: str | Path, sample_rate: int, channels: int) -> Path:
+    """`path` as a Path, once the file exists and the rate and channel count asked for are possible."""
+    path = Path(path)
+    if sample_rate <= 0:
+        raise InvalidInputError(f"sample_rate must be positive, got {sample_rate}")
+    if channels < 1:
+        raise InvalidInputError(f"channels must be at least 1, got {channels}")
+    if not path.exists():
+        raise AudioFileError(f"Audio file not found: {path}")
+    if not path.is_file():
+        raise AudioFileError(f"Audio path is not a file: {path}")
+    return path
 
 
 def write_audio(path: str | Path, wav: torch.Tensor, sample_rate: int) -> Path:
