@@ -13,7 +13,6 @@ import socket
 import tarfile
 import time
 import urllib.request
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +24,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from tests.helpers import write_tone
+from tests.test_dataset import make_zip
 from tests.test_server import (  # noqa: F401 (fixtures)
     SR,
     Server,
@@ -365,13 +365,6 @@ def _tar(path: Path, members: list[tarfile.TarInfo | tuple[str, bytes]]) -> Path
     return path
 
 
-def _zip(path: Path, members: dict[str, bytes]) -> Path:
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
-        for name, data in members.items():
-            zf.writestr(name, data)
-    return path
-
-
 def _special(name: str, kind: bytes, link: str = "") -> tarfile.TarInfo:
     info = tarfile.TarInfo(name)
     info.type, info.linkname = kind, link
@@ -394,8 +387,8 @@ def datasets(tmp_path_factory) -> dict[str, Path]:
         "garbage.zip": folder / "garbage.zip",
         "a-folder.zip": folder / "a-folder.zip",
         "truncated.tar.gz": folder / "truncated.tar.gz",
-        "dotdot.zip": _zip(folder / "dotdot.zip", {"../evil.wav": good, "../evil.txt": b"x"}),
-        "absolute.zip": _zip(folder / "absolute.zip", {"/tmp/evil.wav": good}),
+        "dotdot.zip": make_zip(folder / "dotdot.zip", {"../evil.wav": good, "../evil.txt": b"x"}),
+        "absolute.zip": make_zip(folder / "absolute.zip", {"/tmp/evil.wav": good}),
         "symlink.tar.gz": _tar(
             folder / "symlink.tar.gz", [_special("evil.wav", tarfile.SYMTYPE, "/etc/passwd")]
         ),
@@ -404,11 +397,11 @@ def datasets(tmp_path_factory) -> dict[str, Path]:
         ),
         "device.tar.gz": _tar(folder / "device.tar.gz", [_special("evil.wav", tarfile.CHRTYPE)]),
         "nothing.tar.gz": _tar(folder / "nothing.tar.gz", []),
-        "no-audio.zip": _zip(folder / "no-audio.zip", {"notes.txt": b"hi", "cover.jpg": b"\xff\xd8"}),
-        "no-captions.zip": _zip(folder / "no-captions.zip", {"a.wav": good, "b.wav": good}),
-        "silent.zip": _zip(folder / "silent.zip", {"a.wav": _wav_bytes(amp=0.0), "a.txt": b"silence"}),
-        "nan.zip": _zip(folder / "nan.zip", {"a.wav": _wav_bytes(bad=float("nan")), "a.txt": b"broken"}),
-        "good.zip": _zip(folder / "good.zip", {"a.wav": good, "a.txt": b"a tone", "b.wav": good}),
+        "no-audio.zip": make_zip(folder / "no-audio.zip", {"notes.txt": b"hi", "cover.jpg": b"\xff\xd8"}),
+        "no-captions.zip": make_zip(folder / "no-captions.zip", {"a.wav": good, "b.wav": good}),
+        "silent.zip": make_zip(folder / "silent.zip", {"a.wav": _wav_bytes(amp=0.0), "a.txt": b"silence"}),
+        "nan.zip": make_zip(folder / "nan.zip", {"a.wav": _wav_bytes(bad=float("nan")), "a.txt": b"broken"}),
+        "good.zip": make_zip(folder / "good.zip", {"a.wav": good, "a.txt": b"a tone", "b.wav": good}),
     }
 
 
