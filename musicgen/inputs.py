@@ -233,7 +233,7 @@ def read_input_audio(
         length = 0.0  # read_audio says what is wrong with the file, in its own words
     part = min(length, end if end is not None else length) - (start or 0.0)
     if part > max_seconds:
-        raise InvalidInputError(
+        raise AudioFileError(
             f"{name} is {length:.0f} s long and {part:.0f} s of it would be used; at most {max_seconds:.0f} s "
             "are accepted: use a shorter file, or a shorter part of it."
         )

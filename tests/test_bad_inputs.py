@@ -72,6 +72,8 @@ def files(tmp_path_factory, finetuned_files) -> dict[str, Path]:  # noqa: F811
     (folder / "a-folder.wav").mkdir()
     (folder / "garbage.safetensors").write_bytes(b"\x00" * 64)
     save_file({"w": torch.zeros(2)}, str(folder / "empty-meta.safetensors"))  # no metadata of ours
+    # 601 s at 1 kHz: long, but small on disk
+    sf.write(folder / "long.wav", np.zeros((601 * 1000, 1), dtype=np.int16), 1000, subtype="PCM_16")
     return {
         "tone.wav": write_tone(folder / "tone.wav", seconds=2.0),
         "empty.wav": empty,
@@ -80,6 +82,7 @@ def files(tmp_path_factory, finetuned_files) -> dict[str, Path]:  # noqa: F811
         "nan.wav": _float_wav(folder / "nan.wav", float("nan")),
         "inf.wav": _float_wav(folder / "inf.wav", float("inf")),
         "a-folder.wav": folder / "a-folder.wav",
+        "long.wav": folder / "long.wav",
         "lora.safetensors": finetuned_files["lora"],
         "nan.safetensors": _weights_with_nan(finetuned_files["lora"], folder / "nan.safetensors"),
         "garbage.safetensors": folder / "garbage.safetensors",
@@ -140,6 +143,7 @@ PREDICTION_CASES: list[tuple[dict, tuple[str, ...]]] = [
     ({**MELODY, "input_audio": "@nan.wav"}, ("input_audio holds NaN or infinite samples", "Export it again")),
     ({**CONTINUE, "input_audio": "@inf.wav"}, ("input_audio holds NaN or infinite samples",)),
     ({**MELODY, "input_audio": "@missing.wav"}, ("input_audio cannot be used", "not found")),
+    ({**MELODY, "input_audio": "@long.wav"}, ("input_audio is 601 s long", "at most 600 s are accepted")),
     ({**MELODY, "input_audio": "@a-folder.wav"}, ("input_audio cannot be used", "not a file")),
     ({**MELODY, "input_audio": "file:///nowhere/x.wav"}, ("input_audio cannot be used", "not found")),
     ({**MELODY, "input_audio": "ftp://example.com/x.wav"}, ("input_audio: unsupported URL scheme 'ftp'",)),
