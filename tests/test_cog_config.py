@@ -217,6 +217,40 @@ def test_build_script_gives_cog_build_the_coglet_pin(tmp_path):
     assert done.stdout.strip() == f"COGLET_WHEEL=pypi:{pins['coglet']} args=build -t musicgen"
 
 
+def _readme_section(title: str) -> str:
+    text = (REPO_ROOT / "README.md").read_text()
+    start = text.index(title)
+    level = title.split(" ")[0]
+    rest = text[start + len(title) :]
+    ends = [rest.find("\n" + "#" * n + " ") for n in range(1, len(level) + 1)]
+    ends = [e for e in ends if e >= 0]
+    return rest[: min(ends)] if ends else rest
+
+
+def test_readme_deployment_and_training_sections_keep_the_pins(config):
+    deploying = _readme_section("### Deploying")
+    pins = dict(line.split("==") for line in _requirements(REPO_ROOT / "requirements.txt"))
+    # the pins the README states are the ones cog.yaml and requirements.txt hold
+    assert f'`build.cuda: "{config["build"]["cuda"]}"`' in deploying
+    assert f'`build.sdk_version: "{config["build"]["sdk_version"]}"`' in deploying
+    assert f'`run: "{config["run"]}"`' in deploying and f'`train: "{config["train"]}"`' in deploying
+    assert "scripts/build.sh" in deploying and pins["coglet"] == config["build"]["sdk_version"]
+    assert ".dockerignore" in deploying and "`weights/`" in deploying
+    # the local servers the README starts are the ones cog.yaml names
+    readme = (REPO_ROOT / "README.md").read_text()
+    stubs = re.findall(r"COG_(PREDICT|TRAIN)_TYPE_STUB=(\S+)", readme)
+    assert stubs and all(ref == config["run" if kind == "PREDICT" else "train"] for kind, ref in stubs), stubs
+    # no command a reader would copy uses what Cog deprecated (cog predict -> cog run; cog train is going)
+    commands = re.findall(r"```bash\n(.*?)```", readme, flags=re.S)
+    for block in commands:
+        for line in block.splitlines():
+            assert not re.match(r"\s*cog (predict|train)\b", line), line
+    training = _readme_section("### From a folder of songs to served weights")
+    assert (
+        "`cog train` is deprecated" in training and "--x-mode train" in training and "/trainings" in training
+    )
+
+
 # ---- predict.py ----------------------------------------------------------------------------------
 
 
