@@ -42,6 +42,33 @@ their median.
 
 A later implementation joins by adding an `Impl` to `IMPLS`.
 
+`--cold-start` measures predict.py instead, as Cog starts it: each round, a fresh process imports predict.py,
+runs `Runner().setup()` with the bench's checkpoint as the model setup preloads (served under the name of
+the published variant of the same traits, `cold_start_variant`, from a weights folder of its own), then one
+prediction of `--seconds` (whole seconds, at least 1) of that model. Before each process the checkpoint's
+files are read into the page cache (`--page-cache warm`, the default) or dropped from it (`cold`:
+posix_fadvise DONTNEED on those files only; the Python packages stay cached). A record holds:
+
+- `import_predict_s` (`import_predict_cpu_s`: the process's CPU time until then), `setup_s` (`setup_cpu_s`),
+  `ready_s` = from the child's first line to the end of setup; `interpreter_s`: from spawning the process
+  to its first line.
+- `time_to_first_step_s`: from calling `run()` to the end of the first prediction's first decode step (input
+  checks, text encoding, prefill with the cross-attention set-up, that step); `first_prediction_s`: to the
+  end of `run()` (EnCodec, normalising, writing the file); `first_prediction_cpu_s`.
+- What setup spends, by the functions it calls: `setup_imports_s` (import statements run by setup's thread,
+  the imported modules' code included), `load_checkpoint_s` (finding the folder and `read_checkpoint_s`, of
+  which `read_lm_s` reads the language model), `build_model_s` (`build_lm_s`, `text_encoder_s` with the
+  tokenizer, `codec_s`).
+- What the first prediction spends: `before_generate_s` (checks, cache look-up), `conditioning_s` (T5),
+  `prefill_s`, `first_step_s` and `second_step_s` (the first step's one-time costs are their difference),
+  `decode_steps_s` over `decode_steps`, `codec_decode_s`, `after_generate_s` (normalising, writing).
+- `setup_gc_s`, `prediction_gc_s`: time in the garbage collector's collections (`*_full_collections`: how
+  many were full ones, each of which walks every object alive).
+- `peak_rss_setup_mb`, `peak_rss_mb` (after the prediction), `import_rss_mb`.
+
+`--baseline TREE` measures another copy of the repository the same way (the same code of this file measures
+both), every other round first, so that a change is measured against what it replaces in the same run.
+
 This module imports only the standard library at the top, so the CLI starts fast and `import_s` is honest.
 """
 
@@ -525,6 +552,12 @@ def _module_bytes(modules: list) -> int:
     return total
 
 
+def _cpu_s(resource) -> float:
+    """CPU seconds this process has used so far, all threads, user and system."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _peak_rss_mb(resource) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux gives KiB
 
@@ -551,6 +584,395 @@ def _log(message: str) -> None:
     print(f"[{_now()}] {message}", file=sys.stderr, flush=True)
 
 
+# ---- cold start -----------------------------------------------------------------------------------
+# The child of a cold-start round: imports predict.py from the tree measured, then this file by its path
+# (so that a baseline tree is measured by the same code), and hands over.
+_COLD_CHILD = (
+    "import time\n_t0 = time.perf_counter()\n_w0 = time.time()\nimport sys\nsys.path.insert(0, {root!r})\n"
+    "import predict\n_t1, _c1 = time.perf_counter(), time.process_time()\nimport importlib.util\n"
+    "spec = importlib.util.spec_from_file_location('musicgen._cold_start_bench', {bench!r})\n"
+    "bench = importlib.util.module_from_spec(spec)\nsys.modules[spec.name] = bench\n"
+    "spec.loader.exec_module(bench)\n"
+    "clock = dict(start=_t0, wall_start=_w0, imported=_t1, import_cpu=_c1)\n"
+    "bench.cold_start_child(predict, sys.argv[1], clock)\n"
+)
+PAGE_CACHE_MODES = ("warm", "cold")
+
+
+def cold_start_variant(spec: CheckpointSpec) -> str:
+    """The published variant whose name the cold start serves `spec` under: the one with the same
+    stereo/melody traits and, when there is one, the same size (what predict.py's checks go by)."""
+    same = [v for v in VARIANTS.values() if (v.stereo, v.melody) == (spec.stereo, spec.melody)]
+    size = ARCHS["small" if spec.arch == "tiny" else spec.arch]
+    return next((v.name for v in same if (v.dim, v.num_layers, v.num_heads) == size), same[0].name)
+
+
+class _Phases:
+    """Wall-clock time spent in chosen functions (wrapped in place), and when each call began and ended."""
+
+    def __init__(self):
+        self.spent: dict[str, float] = {}
+        self.calls: dict[str, list[tuple[float, float]]] = {}
+
+    def wrap(self, owner, attr: str, name: str) -> None:
+        import functools
+
+        original = getattr(owner, attr, None)
+        if original is None:  # absent from the tree measured (an older one): not measured
+            return
+
+        @functools.wraps(original)
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                end = time.perf_counter()
+                self.spent[name] = self.spent.get(name, 0.0) + end - start
+                self.calls.setdefault(name, []).append((start, end))
+
+        setattr(owner, attr, timed)
+
+    def seconds(self, name: str) -> float | None:
+        return round(self.spent[name], 3) if name in self.spent else None
+
+
+class _GcClock:
+    """Collections of the cyclic garbage collector and the time they took (gc.callbacks), by generation."""
+
+    def __init__(self):
+        self.count = [0, 0, 0]
+        self.seconds = [0.0, 0.0, 0.0]
+        self._start = 0.0
+
+    def __call__(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._start = time.perf_counter()
+        else:
+            generation = info["generation"]
+            self.count[generation] += 1
+            self.seconds[generation] += time.perf_counter() - self._start
+
+    def reading(self) -> tuple[float, int]:
+        """(seconds in all collections, full collections) so far."""
+        return sum(self.seconds), self.count[2]
+
+
+class _ImportClock:
+    """Time spent in `import` statements (the imported modules' own code included), outermost ones only,
+    per thread kind: builtins.__import__ wrapped. Imports made by importlib.import_module outside any
+    import statement are not counted."""
+
+    def __init__(self):
+        import threading
+
+        self._threading = threading
+        self._local = threading.local()
+        self.main = 0.0
+        self.other = 0.0
+        self._original = None
+
+    def __enter__(self):
+        import builtins
+
+        original = self._original = builtins.__import__
+        local, threading = self._local, self._threading
+
+        def timed_import(name, globals=None, locals=None, fromlist=(), level=0):
+            if getattr(local, "inside", False):
+                return original(name, globals, locals, fromlist, level)
+            local.inside = True
+            start = time.perf_counter()
+            try:
+                return original(name, globals, locals, fromlist, level)
+            finally:
+                local.inside = False
+                spent = time.perf_counter() - start
+                if threading.current_thread() is threading.main_thread():
+                    self.main += spent
+                else:
+                    self.other += spent
+
+        builtins.__import__ = timed_import
+        return self
+
+    def __exit__(self, *exc):
+        import builtins
+
+        builtins.__import__ = self._original
+
+
+def cold_start_child(predict, job_json: str, clock: dict[str, float]) -> None:
+    """Entry point of a cold-start child (see `_COLD_CHILD`): prints its record."""
+    record = measure_cold_start(predict, json.loads(job_json), clock)
+    print(_RESULT + json.dumps(record), flush=True)
+
+
+def measure_cold_start(predict, job: dict[str, Any], clock: dict[str, float]) -> dict[str, Any]:
+    """`Runner().setup()` with `job["model"]` as the model it preloads, then the first prediction of that
+    model; in a fresh process that has imported predict.py and nothing else (see the module doc).
+
+    clock: the child's `time.perf_counter()` at its first line (start) and once predict.py was imported
+    (imported), its `time.time()` at its first line (wall_start), and its CPU time then (import_cpu).
+    """
+    import resource
+
+    import torch
+
+    started, loadavg = _now(), os.getloadavg()[0]
+    settings = Settings(**job["settings"])
+    model = job["model"]
+    import_rss = _peak_rss_mb(resource)
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    # what setup and the first prediction call, timed where they are defined (modules predict.py has
+    # imported already; tensor_reader only imports the standard library and torch)
+    from musicgen import codec, generation, loading
+    from musicgen import model as model_module
+    from musicgen.checkpoints import tensor_reader
+
+    phases = _Phases()
+    for owner, attr, name in [
+        (loading, "load_checkpoint", "load_checkpoint"),
+        (loading, "read_checkpoint", "read_checkpoint"),
+        (tensor_reader.SafetensorsIndex, "read_all", "read_lm"),
+        (loading, "build_model", "build_model"),
+        (loading, "build_lm", "build_lm"),
+        (loading, "_text_encoder", "text_encoder"),
+        (loading, "_codec", "codec"),
+        (model_module.MusicGen, "generate", "generate"),
+        (model_module.MusicGen, "_conditioner", "conditioning"),
+        (generation, "prefill", "prefill"),
+        (generation, "decode_step", "decode_step"),
+        (codec.Codec, "decode", "codec_decode"),
+    ]:
+        phases.wrap(owner, attr, name)
+
+    predict.DEFAULT_MODEL = model  # the model setup preloads (predict.py's default for the default model)
+    import gc
+
+    collections = _GcClock()
+    gc.callbacks.append(collections)
+    with _ImportClock() as imports:
+        t, cpu = time.perf_counter(), _cpu_s(resource)
+        runner = predict.Runner()
+        runner.setup()
+        setup_end, setup_cpu = time.perf_counter(), _cpu_s(resource) - cpu
+        setup_gc = collections.reading()
+        setup_imports_main, setup_imports_other = imports.main, imports.other
+        if (model, None) not in runner.cache.keys():
+            raise BenchError(f"setup() did not load {model}: are its weights in {job['weights_dir']}?")
+        peak_rss_setup = _peak_rss_mb(resource)
+
+        seconds = max(1, round(settings.seconds))
+        run_start, cpu = time.perf_counter(), _cpu_s(resource)
+        out = runner.run(
+            model_version=model,
+            prompt=settings.prompt,
+            duration=seconds,
+            top_k=settings.top_k,
+            classifier_free_guidance=settings.cfg,
+            seed=settings.seed,
+        )
+        run_end, prediction_cpu = time.perf_counter(), _cpu_s(resource) - cpu
+        run_gc = collections.reading()
+        prediction_imports = imports.main + imports.other - setup_imports_main - setup_imports_other
+    if not Path(out).is_file():
+        raise BenchError(f"the first prediction returned {out}, which is not a file.")
+
+    steps = phases.calls.get("decode_step", [])
+    generate_calls = phases.calls.get("generate", [(run_start, run_end)])
+    setup_s = setup_end - t
+    record: dict[str, Any] = {
+        "impl": job["impl"],
+        "model": model,
+        "interpreter_s": round(clock["wall_start"] - job["spawned"], 3),
+        "import_predict_s": round(clock["imported"] - clock["start"], 3),
+        "setup_s": round(setup_s, 3),
+        "ready_s": round(setup_end - clock["start"], 3),
+        "time_to_first_step_s": round(steps[0][1] - run_start, 3) if steps else None,
+        "first_prediction_s": round(run_end - run_start, 3),
+        # CPU time of the process (all its threads): what a busy machine's other processes cannot shorten
+        "import_predict_cpu_s": round(clock["import_cpu"], 3),
+        "setup_cpu_s": round(setup_cpu, 3),
+        "first_prediction_cpu_s": round(prediction_cpu, 3),
+        # setup, by what it calls
+        "setup_imports_s": round(setup_imports_main, 3),
+        "load_checkpoint_s": phases.seconds("load_checkpoint"),
+        "read_checkpoint_s": phases.seconds("read_checkpoint"),
+        "read_lm_s": phases.seconds("read_lm"),
+        "build_model_s": phases.seconds("build_model"),
+        "build_lm_s": phases.seconds("build_lm"),
+        "text_encoder_s": phases.seconds("text_encoder"),
+        "codec_s": phases.seconds("codec"),
+        # the first prediction, in the order it runs
+        "before_generate_s": round(generate_calls[0][0] - run_start, 3),
+        "conditioning_s": phases.seconds("conditioning"),
+        "prefill_s": phases.seconds("prefill"),
+        "first_step_s": round(steps[0][1] - steps[0][0], 4) if steps else None,
+        "second_step_s": round(steps[1][1] - steps[1][0], 4) if len(steps) > 1 else None,
+        "decode_steps": len(steps),
+        "decode_steps_s": phases.seconds("decode_step"),
+        "codec_decode_s": phases.seconds("codec_decode"),
+        "after_generate_s": round(run_end - generate_calls[0][1], 3),
+        "prediction_imports_s": round(prediction_imports, 3),
+        # the garbage collector's collections (all generations) and how many of them were full ones
+        "setup_gc_s": round(setup_gc[0], 3),
+        "setup_full_collections": setup_gc[1],
+        "prediction_gc_s": round(run_gc[0] - setup_gc[0], 3),
+        "prediction_full_collections": run_gc[1] - setup_gc[1],
+        "seconds": seconds,
+        "import_rss_mb": round(import_rss, 1),
+        "peak_rss_setup_mb": round(peak_rss_setup, 1),
+        "peak_rss_mb": round(_peak_rss_mb(resource), 1),
+        "torch_threads": torch.get_num_threads(),
+        "started": started,
+        "finished": _now(),
+        "loadavg_1m_at_start": round(loadavg, 2),
+    }
+    return record
+
+
+def set_page_cache(folder: Path, mode: str) -> None:
+    """Puts the checkpoint's files in the page cache ("warm": read once) or takes them out ("cold":
+    posix_fadvise DONTNEED, which drops this file's clean, unmapped pages and nothing else's)."""
+    if mode == "warm":
+        _warm_file_cache(folder)
+        return
+    for f in sorted(folder.iterdir()):
+        if f.is_file():
+            fd = os.open(f.resolve(), os.O_RDONLY)
+            try:
+                os.fsync(fd)  # dirty pages are not dropped
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+
+
+def run_cold_start(
+    spec: CheckpointSpec,
+    settings: Settings,
+    cache: Path | None = None,
+    rounds: int = 1,
+    page_cache: str = "warm",
+    baseline: Path | None = None,
+    on_record: Callable[[dict[str, Any]], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Cold starts of predict.py: each round, a fresh process per tree (this one, `musicgen`, and
+    `baseline` when given) imports predict.py, runs `Runner().setup()` with the checkpoint of `spec`
+    as the model it preloads (served under the name `cold_start_variant(spec)` from a weights folder of
+    its own, MUSICGEN_WEIGHTS_DIR), then one prediction of `settings.seconds` (whole seconds, at least
+    1) of that model. Every other round runs the trees in reverse order; before each process the
+    checkpoint's files are put into (warm) or out of (cold) the page cache.
+    """
+    temporary = cache is None
+    root = Path(tempfile.mkdtemp(prefix="musicgen-bench-")) if temporary else Path(cache)
+    weights = Path(tempfile.mkdtemp(prefix="musicgen-cold-start-weights-"))
+    try:
+        folder = ensure_checkpoint(spec, root)
+        model = cold_start_variant(spec)
+        (weights / model).symlink_to(folder.resolve(), target_is_directory=True)
+        common = {
+            "arch": spec.arch,
+            "stereo": spec.stereo,
+            "melody": spec.melody,
+            **checkpoint_info(folder),
+            "checkpoint": str(folder),
+            "page_cache": page_cache,
+        }
+        trees = [("musicgen", _ROOT)] + ([("baseline", Path(baseline).resolve())] if baseline else [])
+        records = []
+        for r in range(rounds):
+            measured = []
+            for name, tree in trees if r % 2 == 0 else trees[::-1]:
+                set_page_cache(folder, page_cache)
+                _log(f"cold start of {name} ({tree}) with {model} = {spec.name}, page cache {page_cache} ...")
+                job = {
+                    "task": "cold-start",
+                    "impl": name,
+                    "root": str(tree),
+                    "model": model,
+                    "weights_dir": str(weights),
+                    "settings": asdict(settings),
+                }
+                try:
+                    record = _run_child(job)
+                except BenchError as e:
+                    _log(str(e))
+                    record = {"impl": name, "error": str(e)}
+                record = {"impl": record.pop("impl"), **common, "tree": str(tree), **record}
+                if rounds > 1:
+                    record["round"] = r + 1
+                measured.append(record)
+            measured.sort(key=lambda record: [n for n, _ in trees].index(record["impl"]))
+            records += measured
+            if on_record is not None:
+                for record in measured:
+                    on_record(record)
+        return records
+    finally:
+        shutil.rmtree(weights, ignore_errors=True)
+        if temporary:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+# the figures whose median over rounds the cold-start summary gives, in its order
+COLD_START_SUMMARY = (
+    "import_predict_s",
+    "setup_s",
+    "setup_cpu_s",
+    "ready_s",
+    "time_to_first_step_s",
+    "first_prediction_s",
+    "setup_imports_s",
+    "read_lm_s",
+    "build_lm_s",
+    "text_encoder_s",
+    "codec_s",
+    "conditioning_s",
+    "prefill_s",
+    "first_step_s",
+    "second_step_s",
+    "codec_decode_s",
+    "setup_gc_s",
+    "prediction_gc_s",
+    "peak_rss_mb",
+)
+
+
+def summarize_cold_start(records: list[dict[str, Any]]) -> list[str]:
+    """Per tree, the median over its rounds of each figure of COLD_START_SUMMARY (and how many rounds)."""
+    lines = []
+    for impl in dict.fromkeys(r["impl"] for r in records):
+        ok = [r for r in records if r["impl"] == impl and "error" not in r]
+        parts = []
+        for key in COLD_START_SUMMARY:
+            values = [r[key] for r in ok if r.get(key) is not None]
+            if values:
+                parts.append(f"{key} {statistics.median(values):.3f}")
+        lines.append(f"{impl}: medians of {len(ok)} round(s): " + ", ".join(parts))
+    return lines
+
+
+_COLD_COLUMNS = [
+    ("round", "round", "{}"),
+    ("impl", "impl", "{}"),
+    ("model", "model", "{}"),
+    ("import_predict_s", "import s", "{:.2f}"),
+    ("setup_s", "setup s", "{:.2f}"),
+    ("ready_s", "ready s", "{:.2f}"),
+    ("time_to_first_step_s", "first step at s", "{:.2f}"),
+    ("first_prediction_s", "prediction s", "{:.2f}"),
+    ("setup_imports_s", "setup imports s", "{:.2f}"),
+    ("read_lm_s", "read LM s", "{:.2f}"),
+    ("text_encoder_s", "T5 s", "{:.2f}"),
+    ("codec_s", "EnCodec s", "{:.2f}"),
+    ("first_step_s", "step 1 s", "{:.3f}"),
+    ("second_step_s", "step 2 s", "{:.3f}"),
+    ("peak_rss_mb", "peak RSS MB", "{:.0f}"),
+]
+
+
 # ---- child processes ------------------------------------------------------------------------------
 _CHILD = (
     "import time\n_t0 = time.perf_counter()\nimport sys\nsys.path.insert(0, {root!r})\n"
@@ -564,11 +986,18 @@ def _run_child(job: dict[str, Any]) -> dict[str, Any] | None:
     env.setdefault("TRANSFORMERS_VERBOSITY", "error")
     env.setdefault("HF_HUB_OFFLINE", "1")  # everything is local; never wait on the network
     env.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' loading bars too
+    if job["task"] == "cold-start":
+        env["MUSICGEN_WEIGHTS_DIR"] = job["weights_dir"]
+        script = _COLD_CHILD.format(root=job["root"], bench=str(Path(__file__).resolve()))
+        job = {**job, "spawned": time.time()}
+    else:
+        script = _CHILD.format(root=str(_ROOT))
     proc = subprocess.run(
-        [sys.executable, "-c", _CHILD.format(root=str(_ROOT)), json.dumps(job)],
+        [sys.executable, "-c", script, json.dumps(job)],
         stdout=subprocess.PIPE,
         text=True,
         env=env,
+        cwd=job.get("root"),  # a cold start runs in the tree it measures, as Cog runs in /src
     )
     lines = [line for line in proc.stdout.splitlines() if line.startswith(_RESULT)]
     if proc.returncode != 0 or not lines:
@@ -693,15 +1122,15 @@ _COLUMNS = [
 ]
 
 
-def format_table(records: list[dict[str, Any]]) -> str:
+def format_table(records: list[dict[str, Any]], columns: list[tuple[str, str, str]] | None = None) -> str:
     """The records as a table with aligned columns (a round column only when there are rounds)."""
-    columns = [c for c in _COLUMNS if c[0] != "round" or any("round" in r for r in records)]
+    columns = [c for c in columns or _COLUMNS if c[0] != "round" or any("round" in r for r in records)]
     header = [title for _, title, _ in columns]
     rows = [[("-" if r.get(key) is None else fmt.format(r[key])) for key, _, fmt in columns] for r in records]
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     lines = [
         "  ".join(
-            cell.ljust(w) if key in ("impl", "arch") else cell.rjust(w)
+            cell.ljust(w) if key in ("impl", "arch", "model") else cell.rjust(w)
             for (key, _, _), cell, w in zip(columns, row, widths, strict=True)
         )
         for row in [header, *rows]
@@ -740,6 +1169,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     p.add_argument("--cache", type=Path, help="keep the built checkpoints here and reuse them")
     p.add_argument("--json", action="store_true", help="one JSON object per implementation and line")
+    cold = p.add_argument_group("cold start (--cold-start)")
+    cold.add_argument(
+        "--cold-start",
+        action="store_true",
+        help="measure predict.py instead: import, Runner().setup() preloading this checkpoint, and the first "
+        "prediction (--seconds, whole seconds) to its first decode step and to its end; a fresh process "
+        "per round (--rounds), medians at the end",
+    )
+    cold.add_argument(
+        "--page-cache",
+        choices=PAGE_CACHE_MODES,
+        default="warm",
+        help="before each process, read the checkpoint's files (warm, default) or drop them from the "
+        "page cache (cold: as after a reboot, for these files only)",
+    )
+    cold.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="TREE",
+        help="also measure the predict.py and musicgen/ of TREE (another copy of the repository, e.g. "
+        "with some files as at an earlier commit), alternating with this one each round",
+    )
 
 
 def run_cli(args: argparse.Namespace) -> int:
@@ -769,6 +1220,11 @@ def run_cli(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(record), flush=True)
 
+    if args.cold_start:
+        return _cold_start_cli(args, spec, settings, emit)
+    if args.baseline is not None:
+        raise InvalidInputError("--baseline is an option of --cold-start.")
+
     records = run_bench(spec, settings, impls, args.cache, on_record=emit, rounds=args.rounds)
     if not args.json:
         first = records[0]
@@ -780,6 +1236,32 @@ def run_cli(args: argparse.Namespace) -> int:
         )
         print(format_table(records))
         for line in summarize_rounds(records):
+            print(line)
+        for r in records:
+            if "error" in r:
+                print(f"{r['impl']}: {r['error']}")
+    return 1 if any("error" in r for r in records) else 0
+
+
+def _cold_start_cli(args: argparse.Namespace, spec: CheckpointSpec, settings: Settings, emit) -> int:
+    from .errors import InvalidInputError
+
+    if args.baseline is not None and not (args.baseline / "predict.py").is_file():
+        raise InvalidInputError(
+            f"--baseline {args.baseline}: no predict.py there; give a copy of the repository."
+        )
+    records = run_cold_start(
+        spec, settings, args.cache, args.rounds, args.page_cache, args.baseline, on_record=emit
+    )
+    if not args.json:
+        first = records[0]
+        print(
+            f"cold start of predict.py with {spec.name} served as {cold_start_variant(spec)}: "
+            f"{first['weights_mb']} MB of weights on disk, page cache {args.page_cache}; first prediction "
+            f"of {max(1, round(settings.seconds))} s, CFG {settings.cfg}, top-k {settings.top_k}"
+        )
+        print(format_table(records, _COLD_COLUMNS))
+        for line in summarize_cold_start(records):
             print(line)
         for r in records:
             if "error" in r:

@@ -1,8 +1,17 @@
-"""From a name or folder to a ready `MusicGen`: find the files, read the layout, build the modules."""
+"""From a name or folder to a ready `MusicGen`: find the files, read the layout, build the modules.
+
+What a cold start spends here, and how it is kept short (docs/PERFORMANCE.md, "Cold start"): the cyclic
+garbage collector is paused while loading (the imports and modules allocate ~10^5 objects, and each full
+collection walks every object already alive: ~0.4–0.7 s of small's setup went to them), and the decode step
+is compiled while the model is built rather than in the first prediction.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
+import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -27,14 +36,15 @@ def load_checkpoint(name_or_path: str, download: bool = True) -> Checkpoint:
 def read_checkpoint(folder: Path) -> Checkpoint:
     """Reads a checkpoint folder in either layout."""
     layout = detect_layout(folder)
-    if layout == "transformers":
-        from .checkpoints.transformers_layout import read_transformers
+    with _gc_paused():
+        if layout == "transformers":
+            from .checkpoints.transformers_layout import read_transformers
 
-        return read_transformers(folder)
-    if layout == "audiocraft":
-        from .checkpoints.audiocraft_layout import read_audiocraft
+            return read_transformers(folder)
+        if layout == "audiocraft":
+            from .checkpoints.audiocraft_layout import read_audiocraft
 
-        return read_audiocraft(folder)
+            return read_audiocraft(folder)
     raise CheckpointError(
         f"{folder}: holds no MusicGen checkpoint; expected config.json with *.safetensors "
         "(transformers' layout) or state_dict.bin with compression_state_dict.bin (audiocraft's layout)."
@@ -69,21 +79,59 @@ def build_model(ckpt: Checkpoint, device: str | None = None, int8: bool = False)
     if int8 and device.type != "cpu":
         raise InvalidInputError(f"int8 decoding runs on the CPU; on {device} the model runs in bf16 already.")
     lm_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    lm = build_lm(ckpt).to(device=device, dtype=lm_dtype).eval()
-    if int8:
-        from .quantize import quantize_int8
+    with _gc_paused():
+        lm = build_lm(ckpt).to(device=device, dtype=lm_dtype).eval()
+        if int8:
+            from .quantize import quantize_int8
 
-        quantize_int8(lm)
-    text = TextEncoder(*_text_encoder(ckpt))
-    text.model.to(device)
-    codec_model = _codec(ckpt)
-    codec = Codec(codec_model.to(device), ckpt.config.lm.audio_channels)
+            quantize_int8(lm)
+        text = TextEncoder(*_text_encoder(ckpt))
+        text.model.to(device)
+        codec_model = _codec(ckpt)
+        codec = Codec(codec_model.to(device), ckpt.config.lm.audio_channels)
+        _compile_decode_step()
     if codec.num_codebooks != ckpt.config.lm.num_codebooks:
         raise CheckpointError(
             f"{ckpt.source}: the codec gives {codec.num_codebooks} codebooks but the language model "
             f"expects {ckpt.config.lm.num_codebooks}."
         )
     return MusicGen(ckpt.config, lm, text, codec)
+
+
+# ---- what a cold start needs only once ---------------------------------------------------------------
+
+
+def _compile_decode_step() -> None:
+    """The decode step compiled now (once per process; ~0.05 s), not in the first prediction."""
+    from .decode_script import scripted_decode_step
+
+    scripted_decode_step()
+
+
+_gc_lock = threading.Lock()
+_gc_pauses = 0
+_gc_was_enabled = False
+
+
+@contextlib.contextmanager
+def _gc_paused():
+    """The cyclic garbage collector paused inside (nested and concurrent pauses count up; it is back on,
+    if it was on, once the last ends). Loading allocates ~10^5 objects, mostly while importing transformers
+    and building modules, and every full collection on the way walks all the objects already alive:
+    0.4–0.7 s of musicgen-small's setup. Memory is not at stake: tensors are freed by reference counting."""
+    global _gc_pauses, _gc_was_enabled
+    with _gc_lock:
+        if _gc_pauses == 0:
+            _gc_was_enabled = gc.isenabled()
+            gc.disable()
+        _gc_pauses += 1
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_pauses -= 1
+            if _gc_pauses == 0 and _gc_was_enabled:
+                gc.enable()
 
 
 def build_lm(ckpt: Checkpoint) -> LanguageModel:

@@ -1,9 +1,11 @@
-"""`python -m musicgen bench` on the hidden tiny architecture: every field there, for both implementations.
+"""`python -m musicgen bench` on the hidden tiny architecture: every field there, for both implementations,
+and its cold start of predict.py.
 
 No timing is asserted: only that the machinery runs and reports positive numbers.
 """
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -140,3 +142,111 @@ def test_bad_options_fail_before_any_work(capsys, monkeypatch):
     assert "--steps" in capsys.readouterr().err
     assert main(["bench", "--arch", "tiny", "--rounds", "0"]) == 2
     assert "--rounds" in capsys.readouterr().err
+
+
+COLD_START_POSITIVE = (
+    "import_predict_s",
+    "import_predict_cpu_s",
+    "setup_s",
+    "setup_cpu_s",
+    "ready_s",
+    "time_to_first_step_s",
+    "first_prediction_s",
+    "first_prediction_cpu_s",
+    "setup_imports_s",
+    "load_checkpoint_s",
+    "read_checkpoint_s",
+    "read_lm_s",
+    "build_model_s",
+    "build_lm_s",
+    "text_encoder_s",
+    "codec_s",
+    "conditioning_s",
+    "prefill_s",
+    "first_step_s",
+    "second_step_s",
+    "decode_steps_s",
+    "codec_decode_s",
+    "peak_rss_setup_mb",
+    "peak_rss_mb",
+)
+
+
+def test_cold_start_measures_setup_and_the_first_prediction(cache, capsys, tmp_path, monkeypatch):
+    """One real round on the tiny stereo checkpoint: predict.py imported, set up with it as the model it
+    preloads (served as stereo-small), one prediction of 1 s; every figure is there and consistent."""
+    monkeypatch.setattr(bench.tempfile, "tempdir", str(tmp_path))  # where the weights folder goes
+    args = ["bench", "--cold-start", "--arch", "tiny", "--stereo", "--cache", str(cache), "--json"]
+    assert main([*args, "--seconds", "1", "--threads", "1"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
+    assert len(lines) == 1
+    r = json.loads(lines[0])
+    assert r["impl"] == "musicgen" and r["model"] == "stereo-small" and r["page_cache"] == "warm"
+    assert r["arch"] == "tiny" and r["stereo"] is True and r["seconds"] == 1 and r["torch_threads"] == 1
+    for field in COLD_START_POSITIVE:
+        assert isinstance(r[field], (int, float)) and r[field] > 0, (field, r[field])
+    assert r["ready_s"] >= r["setup_s"] and r["ready_s"] >= r["import_predict_s"]
+    assert r["time_to_first_step_s"] < r["first_prediction_s"]
+    assert r["load_checkpoint_s"] >= r["read_checkpoint_s"] >= r["read_lm_s"]
+    # 1 s at 50 frames/s: 54 positions with the start and stereo's delays (max 3); the prefill feeds the
+    # start and gives the logits of position 1, and the last position is sampled without a step after it
+    assert r["decode_steps"] == 1 + 50 + 3 - 2
+    assert r["peak_rss_mb"] >= r["peak_rss_setup_mb"] >= r["import_rss_mb"]
+    assert list(tmp_path.iterdir()) == []  # the weights folder is removed
+    table = bench.format_table([r], bench._COLD_COLUMNS)
+    assert "first step at s" in table and "stereo-small" in table
+
+
+def test_cold_start_rounds_alternate_with_the_baseline(cache, monkeypatch, capsys, tmp_path):
+    """--baseline: both trees each round, every other round the baseline first; the page cache is set
+    before each process; the summary gives each tree's medians."""
+    jobs, cache_modes = [], []
+    setups = iter([4.0, 6.0, 8.0, 5.0, 3.0, 7.0])  # musicgen, baseline, baseline, musicgen, musicgen, ...
+
+    def fake_child(job):
+        jobs.append((job["impl"], job["root"], job["model"]))
+        assert (Path(job["weights_dir"]) / job["model"] / "config.json").is_file()
+        return {"impl": job["impl"], "setup_s": next(setups), "time_to_first_step_s": 1.0}
+
+    monkeypatch.setattr(bench, "_run_child", fake_child)
+    monkeypatch.setattr(bench, "set_page_cache", lambda folder, mode: cache_modes.append(mode))
+    (tmp_path / "predict.py").write_text("")
+    args = ["bench", "--cold-start", "--arch", "tiny", "--stereo", "--cache", str(cache), "--rounds", "3"]
+    assert main([*args, "--baseline", str(tmp_path), "--page-cache", "cold"]) == 0
+    root, other = str(bench._ROOT), str(tmp_path.resolve())
+    assert [(impl, tree) for impl, tree, _ in jobs] == [
+        ("musicgen", root),
+        ("baseline", other),
+        ("baseline", other),
+        ("musicgen", root),
+        ("musicgen", root),
+        ("baseline", other),
+    ]
+    assert {model for _, _, model in jobs} == {"stereo-small"} and cache_modes == ["cold"] * 6
+    out = capsys.readouterr().out
+    assert "musicgen: medians of 3 round(s): setup_s 4.000" in out
+    assert "baseline: medians of 3 round(s): setup_s 7.000" in out
+
+
+def test_cold_start_serves_each_architecture_under_a_variant_of_its_traits():
+    variant = bench.cold_start_variant
+    assert variant(bench.CheckpointSpec("small")) == "small"
+    assert variant(bench.CheckpointSpec("large", stereo=True, melody=True)) == "stereo-melody-large"
+    assert variant(bench.CheckpointSpec("medium", melody=True)) == "melody"
+    assert variant(bench.CheckpointSpec("tiny", stereo=True)) == "stereo-small"
+    assert variant(bench.CheckpointSpec("small", melody=True)) == "melody"  # no small melody model
+
+
+def test_page_cache_modes_run_on_a_checkpoint(cache):
+    folder = bench.ensure_checkpoint(bench.CheckpointSpec("tiny", stereo=True), cache)
+    bench.set_page_cache(folder, "cold")
+    bench.set_page_cache(folder, "warm")
+
+
+def test_cold_start_options_are_checked_first(capsys, monkeypatch, tmp_path):
+    monkeypatch.setattr(bench, "run_cold_start", lambda *a, **k: pytest.fail("ran"))
+    assert main(["bench", "--arch", "tiny", "--cold-start", "--baseline", str(tmp_path)]) == 2
+    assert "predict.py" in capsys.readouterr().err
+    monkeypatch.setattr(bench, "run_bench", lambda *a, **k: pytest.fail("ran"))
+    assert main(["bench", "--arch", "tiny", "--baseline", str(tmp_path)]) == 2
+    assert "--cold-start" in capsys.readouterr().err
