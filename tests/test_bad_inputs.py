@@ -329,6 +329,7 @@ def test_a_hundred_predictions_leave_no_files_and_no_memory_behind(weights_dir, 
     outputs = sorted(name for name in files_after if name.startswith("musicgen-predictions-"))
     assert files_after - set(outputs) == files_before - {n for n in files_before if n.startswith("musicgen-")}
     assert len(outputs) == 1 and outputs[0].endswith("/output.wav"), outputs
+    print(f"worker RSS after 10 predictions {before / 2**20:.0f} MB, after 100 {after / 2**20:.0f} MB")
     assert after < before * 1.05, (before / 2**20, after / 2**20)
 
 
