@@ -126,7 +126,8 @@ class MusicGen:
             model_accepts_melody=self.accepts_melody,
         )
         seed = resolve_seed("seed", seed)
-        # the audio inputs are checked (shape, finite samples) before any work
+        # the audio inputs are checked (shape, finite samples) and brought to the model's channels once,
+        # before any work
         if melody is not None:
             melody = self._as_channels(melody, "melody")
         if continuation is not None:
@@ -137,8 +138,9 @@ class MusicGen:
             raise InvalidInputError(f"duration {duration} s is shorter than one frame (1/{rate} s).")
         prompt_codes = None
         if continuation is not None:
-            wav = self._as_channels(continuation, "continuation audio")
-            prompt_codes = self.codec.encode(wav[None]).to(self.device).expand(B, -1, -1)  # [B, K, Tp]
+            prompt_codes = (
+                self.codec.encode(continuation[None]).to(self.device).expand(B, -1, -1)
+            )  # [B, K, Tp]
             if prompt_codes.shape[-1] >= total:
                 raise InvalidInputError(
                     f"the audio to continue lasts {continuation.shape[-1] / self.config.sample_rate:.2f} s, "
@@ -151,9 +153,7 @@ class MusicGen:
         window = int(MAX_WINDOW_SECONDS * rate)
         plan = LongFormPlan(total=total, window=window, stride=int(extend_stride * rate))
         if stems is not None:  # the whole melody once; windows then slide along the stemmed audio
-            melody = stems.remove_drums_and_bass(
-                self._as_channels(melody, "melody")[None], self.config.sample_rate, seed
-            )[0]
+            melody = stems.remove_drums_and_bass(melody[None], self.config.sample_rate, seed)[0]
         conditions_at = self._conditioner(prompts, melody, sampling, single_window=total <= window)
         tp = 0 if prompt_codes is None else prompt_codes.shape[-1]
         steps = sum(steps_for(f, p, self.config.lm.delays) for _, f, p in plan.windows(tp))
