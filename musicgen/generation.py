@@ -22,14 +22,21 @@ from .sampling import SamplingParams, mix_guidance, sample
 class WindowConditions:
     """The conditioning of one window, already projected to the LM width, CFG rows included.
 
-    Rows are [conditional B; unconditional B] when `guided`, else just B.
-    For cross-attention models: text [R, S, D] and text_mask [R, S]. For melody models: prefix [R, P, D].
+    Rows are [conditional B; unconditional B] when `guided`, [conditional B; style only B; neither B]
+    when `double` (MusicGen-Style's double guidance), else just B.
+    For cross-attention models: text [R, S, D] and text_mask [R, S]. For prepend models: prefix [R, P, D].
     """
 
     guided: bool
     text: torch.Tensor | None = None
     text_mask: torch.Tensor | None = None
     prefix: torch.Tensor | None = None
+    double: bool = False
+
+    @property
+    def copies(self) -> int:
+        """Rows of the decoder batch per clip: 1, 2 (guidance) or 3 (double guidance)."""
+        return 3 if self.double else 2 if self.guided else 1
 
 
 def prefill(lm: LanguageModel, cache: KVCache, cond: WindowConditions, known: torch.Tensor) -> torch.Tensor:
@@ -83,24 +90,25 @@ def generate_window(
     seq = fixed.clone()  # [B, K, L]
     L = pattern_length(frames, delays)
     prefix_len = 0 if cond.prefix is None else cond.prefix.shape[1]
-    rows = 2 * batch if cond.guided else batch
-    cache = lm.new_cache(rows, prefix_len + L)
+    copies = cond.copies
+    cache = lm.new_cache(copies * batch, prefix_len + L)
 
     # columns 0..Tp (start token and prompt) are known for codebook 0, which has no delay: feed them at once
     first = 1 + (0 if prompt is None else prompt.shape[-1])
     known = seq[:, :, :first]
-    logits = prefill(lm, cache, cond, known.repeat(2, 1, 1) if cond.guided else known)
+    logits = prefill(lm, cache, cond, known.repeat(copies, 1, 1))
     position = torch.full((1,), prefix_len + first, dtype=torch.long, device=device)
+    beta = params.cfg_beta if cond.double else None
     for col in range(first, L):
         logits = logits.float()  # guidance and sampling in fp32 whatever the model's dtype
-        if cond.guided:
-            logits = mix_guidance(logits, params.cfg_coef, batch)
+        if copies > 1:
+            logits = mix_guidance(logits, params.cfg_coef, batch, beta)
         tokens = sample(logits, params, generator)  # [B, K]
         seq[:, :, col] = torch.where(free[:, col], tokens, fixed[:, :, col])
         if on_step is not None:
             on_step()
         if col + 1 < L:
-            column = seq[:, :, col].repeat(2, 1) if cond.guided else seq[:, :, col]
+            column = seq[:, :, col].repeat(copies, 1)
             if static:
                 logits = decode_step_static(lm, cache, column, position)
                 position += 1

@@ -39,6 +39,8 @@ MAX_PROMPT_CHARACTERS = 10_000
 # An audio input's part that is read (melody or audio to continue): a clip uses at most 300 s of it, and
 # a longer file would only cost memory (an hour of stereo is 1.8 GB decoded, several times that resampled).
 MAX_INPUT_AUDIO_SECONDS = 600
+# MusicGen-Style's double guidance: audiocraft suggests 1 to 9 (5 in its demo); past 20 the text swamps all
+MAX_CFG_BETA = 20.0
 # The schemes a file input may use; Cog itself fetches http(s) and data URLs into local files.
 FILE_URL_SCHEMES = ("http", "https", "data")
 
@@ -187,6 +189,14 @@ def check_generation_args(
         raise InvalidInputError(f"temperature must be >= 0 (0 = greedy), got {sampling.temperature}.")
     if not math.isfinite(sampling.cfg_coef) or sampling.cfg_coef < 0:
         raise InvalidInputError(f"the guidance scale (cfg) must be >= 0, got {sampling.cfg_coef}.")
+    beta = sampling.cfg_beta
+    if beta is not None and (
+        isinstance(beta, bool) or not isinstance(beta, int | float) or not 0 <= beta <= MAX_CFG_BETA
+    ):
+        raise InvalidInputError(
+            f"the double-guidance weight (cfg_beta) must be a number from 0 to {MAX_CFG_BETA}, or left "
+            f"out for ordinary guidance; got {beta!r}."
+        )
     if melody_given and model_accepts_melody is False:
         raise InvalidInputError(
             "a melody was given, but this model takes no melody: use a melody variant "

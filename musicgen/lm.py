@@ -16,6 +16,8 @@ This module imports only torch. Tensor names (the state dict every checkpoint re
     heads.weight                        [K*card, D]      codebook k's head: rows k*card .. (k+1)*card
     text_proj.weight|bias               [D, text_dim], [D]
     chroma_proj.weight|bias             [D, 12], [D]     melody models only
+    style_proj.weight|bias              [D, style_dim]   MusicGen-Style only (the style conditioner's
+                                                         output projection; the rest is musicgen.style)
 
 All codebooks are embedded and predicted with one op each (one fused table, one fused head), and the
 query/key/value projections are one matrix, because on CPU the step is dominated by per-op overhead.
@@ -143,6 +145,8 @@ class LanguageModel(nn.Module):
         self.fold_cross: bool | None = None  # see prepare_cross
         if cfg.conditioning == "prepend":
             self.chroma_proj = nn.Linear(cfg.num_chroma, D)
+        if cfg.conditioning == "style":
+            self.style_proj = nn.Linear(cfg.style_dim, D)
         self.init_buffers()
 
     def init_buffers(self) -> None:
@@ -168,6 +172,25 @@ class LanguageModel(nn.Module):
     def project_chroma(self, chroma: torch.Tensor) -> torch.Tensor:
         """One-hot chroma [B, T, 12] -> [B, T, D] (melody models)."""
         return self.chroma_proj(chroma.to(self.chroma_proj.weight.dtype))
+
+    def project_style(self, style: torch.Tensor, style_mask: torch.Tensor) -> torch.Tensor:
+        """Quantized style tokens [B, T, style_dim] and mask [B, T] -> [B, T, D], zero where masked (a null
+        style is zero vectors that still take their positions, as audiocraft lays them out)."""
+        projected = self.style_proj(style.to(self.style_proj.weight.dtype))
+        return projected * style_mask[..., None].to(projected.dtype)
+
+    def prefix(
+        self,
+        text: torch.Tensor,
+        chroma: torch.Tensor | None = None,
+        style: torch.Tensor | None = None,
+        style_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The conditioning prefix of prepend models, [B, P, D]: [chroma, text] (melody) or [style, text]
+        (style). text: projected [B, S, D]; chroma [B, L, 12]; style [B, T, style_dim] with mask [B, T]."""
+        if self.cfg.conditioning == "prepend":
+            return torch.cat([self.project_chroma(chroma), text], dim=1)
+        return torch.cat([self.project_style(style, style_mask), text], dim=1)
 
     def prepare_cross(self, cache: KVCache, text: torch.Tensor, text_mask: torch.Tensor) -> None:
         """Computes every layer's cross-attention keys/values (or their CrossFold) once per request.
@@ -301,19 +324,22 @@ class LanguageModel(nn.Module):
         text_states: torch.Tensor,
         text_mask: torch.Tensor,
         chroma: torch.Tensor | None = None,
+        style: torch.Tensor | None = None,
+        style_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Teacher-forced pass over whole sequences (training): no cache, every projection called as a
         module so that adapters wrapped around them (LoRA) and data-parallel wrappers take part.
 
         codes: [B, K, S] laid out with the delay pattern; text_states [B, St, text_dim] (T5 output) with
-        text_mask [B, St]; chroma [B, L, 12] one-hot (melody models). Returns logits [B, K, S, card]: those
-        at position j predict the tokens of position j + 1.
+        text_mask [B, St]; chroma [B, L, 12] one-hot (melody models); style [B, Ts, style_dim] quantized
+        style tokens with style_mask [B, Ts] (style models). Returns logits [B, K, S, card]: those at
+        position j predict the tokens of position j + 1.
         """
         text = self.project_text(text_states, text_mask)
         x = self.embed_codes(codes)
         P = 0
-        if self.cfg.conditioning == "prepend":
-            prefix = torch.cat([self.project_chroma(chroma), text], dim=1)
+        if self.cfg.conditioning != "cross":
+            prefix = self.prefix(text, chroma, style, style_mask)
             P = prefix.shape[1]
             x = torch.cat([prefix.to(x.dtype), x], dim=1)
         x = x + self.positions[: x.shape[1]].to(x.dtype)

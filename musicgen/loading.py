@@ -89,13 +89,14 @@ def build_model(ckpt: Checkpoint, device: str | None = None, int8: bool = False)
         text.model.to(device)
         codec_model = _codec(ckpt)
         codec = Codec(codec_model.to(device), ckpt.config.lm.audio_channels)
+        style = _style_conditioner(ckpt).to(device) if ckpt.config.is_style else None
         _compile_decode_step()
     if codec.num_codebooks != ckpt.config.lm.num_codebooks:
         raise CheckpointError(
             f"{ckpt.source}: the codec gives {codec.num_codebooks} codebooks but the language model "
             f"expects {ckpt.config.lm.num_codebooks}."
         )
-    return MusicGen(ckpt.config, lm, text, codec)
+    return MusicGen(ckpt.config, lm, text, codec, style)
 
 
 # ---- what a cold start needs only once ---------------------------------------------------------------
@@ -198,6 +199,45 @@ def _text_encoder(ckpt: Checkpoint):
     return model.float().eval(), tokenizer
 
 
+def _style_conditioner(ckpt: Checkpoint):
+    """MusicGen-Style's conditioner: its encoder from the checkpoint, MERT bundled or fetched by name."""
+    from .style import StyleConditioner, StyleEncoder, build_mert, read_mert_folder
+
+    cfg = ckpt.config.style
+    if cfg is None or ckpt.style_state is None:
+        raise CheckpointError(f"{ckpt.source}: a style model without its style conditioner's weights.")
+    if cfg.sample_rate != ckpt.config.sample_rate:
+        raise CheckpointError(
+            f"{ckpt.source}: the style conditioner takes {cfg.sample_rate} Hz audio, the model makes "
+            f"{ckpt.config.sample_rate} Hz; only equal rates are supported."
+        )
+    with torch.device("meta"):
+        encoder = StyleEncoder(cfg)
+    try:
+        encoder.load_state_dict({k: v.float() for k, v in ckpt.style_state.items()}, strict=True, assign=True)
+    except RuntimeError as e:
+        raise CheckpointError(
+            f"{ckpt.source}: the style conditioner's weights do not fit its config ({e})."
+        ) from e
+    encoder.requires_grad_(False)
+    if ckpt.mert_state is not None and cfg.mert is not None:
+        mert_cfg, mert_state, where = cfg.mert, ckpt.mert_state, f"{ckpt.source} (mert/)"
+    else:
+        from .weights import resolve_pretrained
+
+        folder = resolve_pretrained(cfg.mert_name)
+        mert_cfg, mert_state = read_mert_folder(folder)
+        where = str(folder)
+    mert = build_mert(mert_cfg, mert_state, where)
+    mert.requires_grad_(False)
+    if mert.config.hidden_size != cfg.feature_dim:
+        raise CheckpointError(
+            f"{where}: MERT gives {mert.config.hidden_size}-wide features, the style conditioner takes "
+            f"{cfg.feature_dim}: it is not the feature extractor this model was trained with."
+        )
+    return StyleConditioner(cfg, mert, encoder)
+
+
 def _codec(ckpt: Checkpoint):
     from transformers import EncodecConfig, EncodecModel
 
@@ -224,6 +264,7 @@ def _codec(ckpt: Checkpoint):
 class ModelTraits:
     melody: bool
     stereo: bool
+    style: bool = False
 
 
 def peek_model(name_or_path: str) -> ModelTraits | None:
@@ -232,7 +273,7 @@ def peek_model(name_or_path: str) -> ModelTraits | None:
 
     variant = find_variant(str(name_or_path))
     if variant is not None:
-        return ModelTraits(variant.melody, variant.stereo)
+        return ModelTraits(variant.melody, variant.stereo, variant.style)
     config_file = Path(name_or_path) / "config.json"
     try:
         raw = json.loads(config_file.read_text())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from tqdm.auto import tqdm
@@ -19,6 +20,9 @@ from .inputs import check_finite_audio, check_generation_args, check_prompts
 from .inputs import seed as resolve_seed
 from .lm import LanguageModel
 from .sampling import SamplingParams
+
+if TYPE_CHECKING:
+    from .style import StyleConditioner
 
 MELODY_STEMS_MODES = ("auto", "on", "off")
 MAX_WINDOW_SECONDS = 30.0  # sinusoidal positions were trained on 30 s windows
@@ -40,13 +44,22 @@ class GenerationResult:
 
 
 class MusicGen:
-    """A MusicGen model ready to generate: language model, T5 text encoder, EnCodec."""
+    """A MusicGen model ready to generate: language model, T5 text encoder, EnCodec (and, for
+    MusicGen-Style, the style conditioner)."""
 
-    def __init__(self, config: ModelConfig, lm: LanguageModel, text: TextEncoder, codec: Codec):
+    def __init__(
+        self,
+        config: ModelConfig,
+        lm: LanguageModel,
+        text: TextEncoder,
+        codec: Codec,
+        style: StyleConditioner | None = None,
+    ):
         self.config = config
         self.lm = lm
         self.text = text
         self.codec = codec
+        self.style = style
         # decode with the static-shape step (the one to compile or capture); eager slicing otherwise
         self.static_decode = False
         self._stems = None  # Demucs, loaded on the first melody that asks for it
@@ -73,6 +86,10 @@ class MusicGen:
         return self.config.is_melody
 
     @property
+    def accepts_style(self) -> bool:
+        return self.config.is_style
+
+    @property
     def channels(self) -> int:
         return self.config.lm.audio_channels
 
@@ -89,6 +106,10 @@ class MusicGen:
         batch_size: int | None = None,
         extend_stride: float = DEFAULT_STRIDE_SECONDS,
         melody_stems: str = "auto",
+        style: torch.Tensor | list[torch.Tensor | None] | None = None,
+        style_excerpt_length: float | None = None,
+        style_excerpt_start: float | None = None,
+        style_eval_q: int | None = None,
         progress: bool = False,
     ) -> GenerationResult:
         """Generates audio.
@@ -106,6 +127,13 @@ class MusicGen:
             batch_size: number of clips when `prompts` is None (unconditional); defaults to 1.
             melody_stems: remove drums and bass from the melody with Demucs first, as audiocraft does:
                 "auto" when Demucs' weights are in the weights folder, "on" (required), or "off".
+            style: audio [C, S] at the model's sample rate whose style the music takes (style models
+                only): one waveform for every clip, or a list with one per clip (None for a clip without).
+                An excerpt of it conditions every window of the clip.
+            style_excerpt_length: seconds of the excerpt (default: the model's, 3 s; 1.5 to 4.5).
+            style_excerpt_start: where the excerpt starts, in seconds; default drawn from the seed.
+            style_eval_q: style codebooks used, 1 to 6 (default 3): more follows the excerpt more closely.
+            sampling.cfg_beta: double guidance (style models), weighing the text against the style.
         """
         if isinstance(prompts, str) or prompts is None:
             prompts = [prompts] * (batch_size or 1)
@@ -125,7 +153,12 @@ class MusicGen:
             melody_given=melody is not None,
             model_accepts_melody=self.accepts_melody,
         )
+        if sampling.cfg_beta is not None and not self.accepts_style:
+            raise InvalidInputError(
+                "cfg_beta (double guidance) weighs text against style: only the style model takes it."
+            )
         seed = resolve_seed("seed", seed)
+        styles = self._style_inputs(style, B, style_excerpt_length, style_excerpt_start, style_eval_q)
         # the audio inputs are checked (shape, finite samples) and brought to the model's channels once,
         # before any work
         if melody is not None:
@@ -154,7 +187,10 @@ class MusicGen:
         plan = LongFormPlan(total=total, window=window, stride=int(extend_stride * rate))
         if stems is not None:  # the whole melody once; windows then slide along the stemmed audio
             melody = stems.remove_drums_and_bass(melody[None], self.config.sample_rate, seed)[0]
-        conditions_at = self._conditioner(prompts, melody, sampling, single_window=total <= window)
+        style_tokens = None if styles is None else self._style_tokens(styles, seed)
+        conditions_at = self._conditioner(
+            prompts, melody, sampling, single_window=total <= window, style=style_tokens
+        )
         tp = 0 if prompt_codes is None else prompt_codes.shape[-1]
         steps = sum(steps_for(f, p, self.config.lm.delays) for _, f, p in plan.windows(tp))
         with tqdm(total=steps, disable=not progress, unit="step", desc="generating") as bar:
@@ -175,11 +211,14 @@ class MusicGen:
         )
 
     # ---- conditioning -------------------------------------------------------------------------
-    def _conditioner(self, prompts, melody, sampling: SamplingParams, single_window: bool):
+    def _conditioner(self, prompts, melody, sampling: SamplingParams, single_window: bool, style=None):
         """Returns offset_frames -> WindowConditions; text is encoded once, the melody per window."""
         lm = self.lm
         states, mask = self.text.encode(prompts)
         text = lm.project_text(states, mask)  # [B, S, D], zero where masked
+        if self.config.is_style:
+            cond = self._style_conditions(text, style, sampling)
+            return lambda offset: cond
         unconditional = melody is None and not bool(mask.any())
         guided = sampling.cfg_coef != 1.0 and not unconditional
         if guided:
@@ -207,6 +246,100 @@ class MusicGen:
             return WindowConditions(guided=guided, prefix=torch.cat([rows, text], dim=1))
 
         return at
+
+    def _style_conditions(self, text: torch.Tensor, style, sampling: SamplingParams) -> WindowConditions:
+        """The prefix [style, text] of every row, CFG rows laid out as audiocraft lays them out.
+
+        text: [B, S, D] projected (zero for a clip without text); style: (tokens [B, Ts, style_dim], mask
+        [B, Ts]) or None. A clip without style gets Ts zero tokens, as long as its batch-mates' styles;
+        one zero token when no clip has a style. Guidance rows: [text+style; neither], or with cfg_beta
+        [text+style; style only; neither]; every null condition is zero vectors in the same positions.
+        """
+        B = text.shape[0]
+        if style is None:
+            tokens = text.new_zeros(B, 1, self.config.lm.style_dim)
+            smask = text.new_zeros(B, 1)
+        else:
+            tokens, smask = style
+        styled = self.lm.project_style(tokens, smask)  # [B, Ts, D]
+        cond = torch.cat([styled, text], dim=1)
+        unconditional = not bool(smask.any()) and not bool(text.any())
+        if sampling.cfg_coef == 1.0 or unconditional:
+            return WindowConditions(guided=False, prefix=cond)
+        null = torch.zeros_like(cond)
+        if sampling.cfg_beta is None:
+            return WindowConditions(guided=True, prefix=torch.cat([cond, null]))
+        style_only = torch.cat([styled, torch.zeros_like(text)], dim=1)
+        return WindowConditions(guided=True, double=True, prefix=torch.cat([cond, style_only, null]))
+
+    def _style_inputs(self, style, batch: int, length, start, eval_q):
+        """Checks the style arguments; returns (per-clip mono waveforms or None, excerpt samples, starts in
+        samples or None, eval_q), or None when no clip has a style."""
+        from .style import check_style_args, excerpt_samples
+
+        if style is None:
+            return None
+        cfg = self.config.style
+        length = cfg.excerpt_length if cfg is not None and length is None else length
+        eval_q = cfg.eval_q if cfg is not None and eval_q is None else eval_q
+        check_style_args(cfg, length if length is not None else 3.0, eval_q if eval_q is not None else 3)
+        per_clip = list(style) if isinstance(style, (list, tuple)) else [style] * batch
+        if len(per_clip) != batch:
+            raise InvalidInputError(
+                f"{len(per_clip)} style excerpts for {batch} clips: give one per prompt (None for a clip "
+                "without), or a single waveform for all."
+            )
+        n = excerpt_samples(cfg, length)
+        sr = self.config.sample_rate
+        wavs: list[torch.Tensor | None] = []
+        for i, wav in enumerate(per_clip):
+            if wav is None:
+                wavs.append(None)
+                continue
+            what = "style audio" if batch == 1 else f"style audio of clip {i + 1}"
+            wav = self._as_channels(wav, what).mean(dim=0)  # [S] mono, as audiocraft averages channels
+            if wav.shape[-1] < n:
+                raise InvalidInputError(
+                    f"the {what} lasts {wav.shape[-1] / sr:.2f} s, shorter than the style excerpt of "
+                    f"{length} s: give a longer clip, or a shorter style_excerpt_length."
+                )
+            wavs.append(wav)
+        if all(w is None for w in wavs):
+            return None
+        starts = None
+        if start is not None:
+            if isinstance(start, bool) or not isinstance(start, int | float) or not 0 <= start < float("inf"):
+                raise InvalidInputError(
+                    f"style_excerpt_start must be a number of seconds >= 0, got {start!r}."
+                )
+            at = int(start * sr)
+            for i, wav in enumerate(wavs):
+                if wav is not None and at + n > wav.shape[-1]:
+                    raise InvalidInputError(
+                        f"the style excerpt from {start} s to {start + length} s runs past the end of the style "
+                        f"audio{'' if batch == 1 else f' of clip {i + 1}'} ({wav.shape[-1] / sr:.2f} s): start "
+                        "it earlier or shorten it."
+                    )
+            starts = [at] * batch
+        return wavs, n, starts, eval_q
+
+    def _style_tokens(self, styles, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Runs the style conditioner once for the clips with a style: (tokens [B, Ts, style_dim],
+        mask [B, Ts]), zero rows for clips without."""
+        from .style import excerpt_starts
+
+        wavs, n, starts, eval_q = styles
+        present = [i for i, w in enumerate(wavs) if w is not None]
+        if starts is None:
+            drawn = excerpt_starts([wavs[i].shape[-1] for i in present], n, seed)
+            starts = dict(zip(present, drawn, strict=True))
+        excerpts = torch.stack([wavs[i][starts[i] : starts[i] + n] for i in present])  # [B', n]
+        got = self.style(excerpts, eval_q)  # [B', Ts, style_dim]
+        tokens = got.new_zeros(len(wavs), *got.shape[1:])
+        tokens[present] = got
+        mask = got.new_zeros(len(wavs), got.shape[1])
+        mask[present] = 1.0
+        return tokens.to(self.device), mask.to(self.device)
 
     def _stem_remover(self, mode: str):
         """The Demucs stem remover for `mode` ("auto", "on", "off"), loaded once; None when not used."""

@@ -14,22 +14,37 @@ import torch
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """How tokens are drawn. top_k=0 and top_p=0 switch those filters off; temperature 0 is greedy."""
+    """How tokens are drawn. top_k=0 and top_p=0 switch those filters off; temperature 0 is greedy.
+
+    cfg_beta: MusicGen-Style's double classifier-free guidance (None: ordinary guidance); see mix_guidance.
+    """
 
     top_k: int = 250
     top_p: float = 0.0
     temperature: float = 1.0
     cfg_coef: float = 3.0
+    cfg_beta: float | None = None
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0 or self.top_k == 1
 
 
-def mix_guidance(logits: torch.Tensor, cfg_coef: float, batch: int) -> torch.Tensor:
-    """logits [2B, K, V] (conditional rows first) -> [B, K, V]: uncond + (cond - uncond) * cfg_coef."""
-    cond, uncond = logits[:batch], logits[batch:]
-    return uncond + (cond - uncond) * cfg_coef
+def mix_guidance(
+    logits: torch.Tensor, cfg_coef: float, batch: int, cfg_beta: float | None = None
+) -> torch.Tensor:
+    """Classifier-free guidance, ordinary or double.
+
+    Ordinary: logits [2B, K, V] (conditional rows first) -> [B, K, V]: uncond + (cond - uncond) * cfg_coef.
+    Double (cfg_beta set, MusicGen-Style): logits [3B, K, V], rows [text and style; style only; neither]
+    -> null + cfg_coef * (style + cfg_beta * (cond - style) - null): beta weighs the text against the
+    style, cfg_coef both against nothing.
+    """
+    if cfg_beta is None:
+        cond, uncond = logits[:batch], logits[batch:]
+        return uncond + (cond - uncond) * cfg_coef
+    cond, style, null = logits[:batch], logits[batch : 2 * batch], logits[2 * batch :]
+    return null + cfg_coef * (style + cfg_beta * (cond - style) - null)
 
 
 def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> torch.Tensor:

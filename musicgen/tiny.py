@@ -144,3 +144,127 @@ def save_tiny_model(folder: Path, kind: str = "mono", seed: int = 0) -> Path:
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def tiny_mert_config() -> dict:
+    """A tiny MERT config (transformers' HubertConfig as a dict): MERT-v1-95M's conv stack, so 75 frames per
+    second at 24 kHz, and its 768-wide output (audiocraft's style conditioner takes exactly 768), with one
+    small layer behind it."""
+    from transformers import HubertConfig
+
+    return HubertConfig(
+        hidden_size=768,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        intermediate_size=64,
+        conv_dim=(16,) * 7,
+        conv_kernel=(10, 3, 3, 3, 3, 2, 2),
+        conv_stride=(5, 2, 2, 2, 2, 2, 2),
+        conv_bias=False,
+        feat_extract_norm="group",
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=4,
+        do_stable_layer_norm=False,
+        feat_proj_layer_norm=True,
+        mask_time_prob=0.05,
+    ).to_dict()
+
+
+def make_tiny_style_checkpoint(seed: int = 0):
+    """A `Checkpoint` of a tiny random MusicGen-Style model: the tiny mono model's T5 and EnCodec, a 2-layer
+    LM without cross-attention, audiocraft's smallest style transformer ('xsmall': 256 wide, 4 layers), six
+    64-entry codebooks, and a tiny MERT bundled (HubertModel's names)."""
+    import tempfile
+
+    from transformers import HubertConfig, HubertModel
+
+    from .checkpoints.transformers_layout import read_transformers
+    from .config import LMConfig, ModelConfig, StyleConfig
+    from .lm import LanguageModel
+    from .style import StyleEncoder
+
+    with tempfile.TemporaryDirectory() as tmp:
+        base = read_transformers(save_tiny_model(Path(tmp), "mono", seed))
+        tokenizer_files = {
+            p.name: p.read_bytes() for p in Path(tmp).iterdir() if "token" in p.name or "spiece" in p.name
+        }
+    mert_cfg = tiny_mert_config()
+    style = StyleConfig(dim=256, num_heads=8, num_layers=4, ffn_dim=1024, bins=64, mert=mert_cfg)
+    lm_cfg = LMConfig(
+        dim=32, num_heads=4, num_layers=2, ffn_dim=128, num_codebooks=4, text_dim=base.config.lm.text_dim,
+        conditioning="style", style_dim=style.dim,
+    )  # fmt: skip
+    gen = torch.Generator().manual_seed(seed + 1)
+
+    def randomized(module: torch.nn.Module, skip: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
+        state = {}
+        for name, t in module.state_dict().items():
+            if any(s in name for s in skip):
+                state[name] = t.clone()
+            elif name.endswith("bias") or t.dim() == 1:
+                state[name] = (
+                    1.0 + 0.1 * torch.randn(t.shape, generator=gen)
+                    if "norm" in name
+                    else 0.1 * torch.randn(t.shape, generator=gen)
+                )
+            else:
+                state[name] = torch.randn(t.shape, generator=gen) / t.shape[-1] ** 0.5
+        return state
+
+    lm_state = randomized(LanguageModel(lm_cfg))
+    style_state = randomized(StyleEncoder(style), skip=("running_", "codebooks"))
+    style_state["running_mean"] = 0.1 * torch.randn(style.dim, generator=gen)
+    style_state["running_var"] = 0.5 + torch.rand(style.dim, generator=gen)
+    style_state["codebooks"] = torch.randn(style.num_quantizers, style.bins, style.dim, generator=gen)
+    torch.manual_seed(seed)
+    mert = HubertModel(HubertConfig(**{k: v for k, v in mert_cfg.items() if k != "model_type"})).eval()
+    config = ModelConfig(
+        lm=lm_cfg,
+        text_encoder=base.config.text_encoder,
+        codec=base.config.codec,
+        style=style,
+        sample_rate=base.config.sample_rate,
+        frame_rate=base.config.frame_rate,
+    )
+    return _TinyStyle(config, lm_state, base, style_state, mert.state_dict(), tokenizer_files)
+
+
+class _TinyStyle:
+    """What `make_tiny_style_checkpoint` builds, held until written (the tokenizer files in memory)."""
+
+    def __init__(self, config, lm_state, base, style_state, mert_state, tokenizer_files):
+        self.config, self.lm_state, self.base = config, lm_state, base
+        self.style_state, self.mert_state, self.tokenizer_files = style_state, mert_state, tokenizer_files
+
+    def checkpoint(self, tokenizer_dir: Path):
+        from .checkpoints import Checkpoint
+
+        return Checkpoint(
+            config=self.config,
+            lm_state=self.lm_state,
+            text_encoder_state=self.base.text_encoder_state,
+            codec_state=self.base.codec_state,
+            tokenizer_dir=tokenizer_dir,
+            style_state=self.style_state,
+            mert_state=self.mert_state,
+            source="tiny style model",
+        )
+
+
+def save_tiny_style_model(folder: Path, seed: int = 0, dtype: torch.dtype = torch.float32) -> Path:
+    """Writes a tiny random MusicGen-Style checkpoint in audiocraft's layout (state_dict.bin +
+    compression_state_dict.bin, with text_encoder/ and mert/ bundled) to `folder`. dtype float16 writes the
+    LM and style tensors as the release does."""
+    import tempfile
+
+    from .checkpoints.audiocraft_layout import write_audiocraft
+
+    tiny = make_tiny_style_checkpoint(seed)
+    if dtype != torch.float32:
+        tiny.lm_state = {k: v.to(dtype) for k, v in tiny.lm_state.items()}
+        tiny.style_state = {k: v.to(dtype) for k, v in tiny.style_state.items()}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, data in tiny.tokenizer_files.items():
+            (Path(tmp) / name).write_bytes(data)
+        write_audiocraft(tiny.checkpoint(Path(tmp)), Path(folder))
+    return Path(folder)

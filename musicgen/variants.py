@@ -17,14 +17,17 @@ class Variant:
     num_heads: int
     melody: bool  # accepts a melody (chroma) reference
     stereo: bool  # produces two channels
+    style: bool = False  # accepts a style excerpt (MusicGen-Style)
+    # the Hub repo holds audiocraft's layout only (state_dict.bin + compression_state_dict.bin)
+    audiocraft_only: bool = False
 
     @property
     def accepts(self) -> str:
-        return "text + melody" if self.melody else "text"
+        return "text + melody" if self.melody else "text + style" if self.style else "text"
 
 
-def _v(name, hub, params, dim, layers, heads, melody=False, stereo=False):
-    return Variant(name, hub, params, dim, layers, heads, melody, stereo)
+def _v(name, hub, params, dim, layers, heads, melody=False, stereo=False, style=False):
+    return Variant(name, hub, params, dim, layers, heads, melody, stereo, style, audiocraft_only=style)
 
 
 VARIANTS: dict[str, Variant] = {
@@ -40,6 +43,7 @@ VARIANTS: dict[str, Variant] = {
         _v("stereo-large", "facebook/musicgen-stereo-large", "3.3B", 2048, 48, 32, stereo=True),
         _v("stereo-melody", "facebook/musicgen-stereo-melody", "1.5B", 1536, 48, 24, True, True),
         _v("stereo-melody-large", "facebook/musicgen-stereo-melody-large", "3.3B", 2048, 48, 32, True, True),
+        _v("style", "facebook/musicgen-style", "1.5B", 1536, 48, 24, style=True),
     ]
 }
 

@@ -33,6 +33,10 @@ class Checkpoint:
     codec_state: dict[str, torch.Tensor] | None = None
     # folder holding the tokenizer files; None when the tokenizer comes from `config.text_encoder_name`
     tokenizer_dir: Path | None = None
+    # MusicGen-Style: `musicgen.style.StyleEncoder`'s state, and MERT's (HubertModel's names) when bundled
+    # (None: MERT is loaded by `config.style.mert_name`)
+    style_state: dict[str, torch.Tensor] | None = None
+    mert_state: dict[str, torch.Tensor] | None = None
     source: str = ""  # where it was read from, for messages
 
 

@@ -10,7 +10,8 @@ audiocraft (1.3) publishes MusicGen as two `torch.save` files, written by `audio
 
 Neither file holds the T5 weights: audiocraft downloads T5 by name. To make a bundle self-contained, this
 module adds an optional `text_encoder/` sub-folder (what `T5EncoderModel.save_pretrained` writes, plus the
-tokenizer files); audiocraft ignores it.
+tokenizer files); audiocraft ignores it. Likewise MusicGen-Style's MERT, which audiocraft loads by name
+(`m-a-p/MERT-v1-95M`), may be bundled in a `mert/` sub-folder (config.json + model.safetensors).
 
 Files are read with `torch.load(weights_only=True)` only: an exported file holds tensors, strings and
 numbers, so nothing in it needs code to be unpickled, and a file that does is refused.
@@ -52,11 +53,13 @@ from .audiocraft_lm import (
     _lm_state_to_audiocraft,
     _lm_xp_cfg,
 )
+from .audiocraft_style import style_state_from_audiocraft, style_state_to_audiocraft
 from .audiocraft_xpcfg import _as_int, _XpCfg
 
 LM_FILE = "state_dict.bin"
 CODEC_FILE = "compression_state_dict.bin"
 TEXT_ENCODER_DIR = "text_encoder"
+MERT_DIR = "mert"
 # the audiocraft release whose layout and builders this module follows; written as 'version'
 AUDIOCRAFT_VERSION = "1.3.0"
 
@@ -85,7 +88,7 @@ def read_audiocraft(folder: Path) -> Checkpoint:
     xp = _XpCfg(_xp_cfg_of(pkg, lm_path), lm_path)
     best_state = _best_state_of(pkg, lm_path)
 
-    lm, chroma, t5_name, sample_rate = _lm_config_from_xp(xp)
+    lm, chroma, style, t5_name, sample_rate = _lm_config_from_xp(xp)
     codec_name, codec_cfg, codec_state, codec_sr, codec_frame_rate = _read_compression(
         folder / CODEC_FILE, lm, xp.get("sample_rate", None)
     )
@@ -105,12 +108,24 @@ def read_audiocraft(folder: Path) -> Checkpoint:
         lm = dataclasses.replace(lm, text_dim=int(proj.shape[1]))
     # a bundled codec has no name in audiocraft's files: codec_name keeps ModelConfig's default
     named = {"codec_name": codec_name} if codec_name is not None else {}
+    style_state = mert_state = None
+    if style is not None:
+        best_state, style_state = style_state_from_audiocraft(best_state, style, lm_path)
+        mert_dir = folder / MERT_DIR
+        if mert_dir.is_dir():
+            from ..style import read_mert_folder
+
+            mert_cfg, mert_state = read_mert_folder(mert_dir)
+            style = dataclasses.replace(
+                style, mert=mert_cfg, feature_dim=int(mert_cfg.get("hidden_size", 768))
+            )
     config = ModelConfig(
         lm=lm,
         text_encoder=text_cfg,
         text_encoder_name=t5_name,
         codec=codec_cfg,
         chroma=chroma,
+        style=style,
         sample_rate=sample_rate,
         frame_rate=frame_rate,
         **named,
@@ -122,6 +137,8 @@ def read_audiocraft(folder: Path) -> Checkpoint:
         text_encoder_state=text_state,
         codec_state=codec_state,
         tokenizer_dir=tokenizer_dir,
+        style_state=style_state,
+        mert_state=mert_state,
         source=str(folder),
     )
 
@@ -326,6 +343,10 @@ def write_audiocraft(ckpt: Checkpoint, folder: Path) -> None:
             raise CheckpointError(
                 f"{where}: chroma.num_chroma {config.chroma.num_chroma} != lm.num_chroma {lm.num_chroma}"
             )
+    if config.is_style and (config.style is None or ckpt.style_state is None):
+        raise CheckpointError(
+            f"{where}: style model without its style conditioner (config.style, style_state)"
+        )
     if config.text_encoder is not None and config.text_encoder.get("d_model") != lm.text_dim:
         raise CheckpointError(
             f"{where}: text encoder d_model {config.text_encoder.get('d_model')} != text_dim {lm.text_dim}"
@@ -362,8 +383,11 @@ def write_audiocraft(ckpt: Checkpoint, folder: Path) -> None:
             f"{where}: text_encoder_state is set but config.text_encoder (its T5Config) is None"
         )
 
+    best_state = _lm_state_to_audiocraft(ckpt.lm_state, config)
+    if config.is_style:
+        best_state.update(style_state_to_audiocraft(ckpt.style_state, config.style))
     lm_pkg = {
-        "best_state": _lm_state_to_audiocraft(ckpt.lm_state, config),
+        "best_state": best_state,
         "xp.cfg": yaml.safe_dump(_lm_xp_cfg(config, t5_name, ckpt.codec_state is None), sort_keys=False),
         "version": AUDIOCRAFT_VERSION,
         "exported": True,
@@ -372,6 +396,23 @@ def write_audiocraft(ckpt: Checkpoint, folder: Path) -> None:
     torch.save(lm_pkg, folder / LM_FILE)
     torch.save(codec_pkg, folder / CODEC_FILE)
     _write_text_encoder(ckpt, folder / TEXT_ENCODER_DIR, tokenizer_files)
+    if ckpt.mert_state is not None:
+        _write_mert(ckpt, folder / MERT_DIR)
+
+
+def _write_mert(ckpt: Checkpoint, mert_dir: Path) -> None:
+    """mert/: MERT's config.json and model.safetensors (HubertModel's names), as a bundled sub-model."""
+    from safetensors.torch import save_file
+
+    style = ckpt.config.style
+    if style is None or style.mert is None:
+        raise CheckpointError(
+            f"{ckpt.source or 'checkpoint'}: mert_state is set but config.style.mert is None"
+        )
+    mert_dir.mkdir(parents=True, exist_ok=True)
+    (mert_dir / "config.json").write_text(json.dumps(style.mert, indent=2, sort_keys=True) + "\n")
+    tensors = {k: v.detach().contiguous() for k, v in ckpt.mert_state.items()}
+    save_file(tensors, str(mert_dir / "model.safetensors"), metadata={"format": "pt"})
 
 
 _TEXT_ENCODER_WEIGHTS = re.compile(

@@ -21,8 +21,9 @@ from typing import Any
 
 import torch
 
-from ..config import ChromaConfig, LMConfig, ModelConfig
+from ..config import ChromaConfig, LMConfig, ModelConfig, StyleConfig
 from ..errors import CheckpointError
+from .audiocraft_style import style_config_from_xp, style_xp
 from .audiocraft_xpcfg import _MISSING, _as_int, _is_number, _mismatch, _XpCfg
 
 # audiocraft's T5Conditioner.MODELS_DIMS: the width of each T5 it accepts by name. The description
@@ -49,8 +50,11 @@ _CHROMA_WINDOW = "condition_provider.conditioners.self_wav.chroma.spec.window"
 # -------------------------------------------------------------------------------------- reading xp.cfg
 
 
-def _lm_config_from_xp(xp: _XpCfg) -> tuple[LMConfig, ChromaConfig | None, str, int | None]:
-    """LMConfig (+ chroma settings, T5 name, sample rate) from the LM's xp.cfg; refuses what we cannot run."""
+def _lm_config_from_xp(
+    xp: _XpCfg,
+) -> tuple[LMConfig, ChromaConfig | None, StyleConfig | None, str, int | None]:
+    """LMConfig (+ chroma or style settings, T5 name, sample rate) from the LM's xp.cfg; refuses what we
+    cannot run."""
     lm_model = xp.get("lm_model", None)
     if lm_model != "transformer_lm":
         raise CheckpointError(
@@ -125,22 +129,27 @@ def _lm_config_from_xp(xp: _XpCfg) -> tuple[LMConfig, ChromaConfig | None, str, 
     if not isinstance(conds, dict):
         raise CheckpointError(f"{xp.path}: xp.cfg 'conditioners' is not a mapping")
     names = sorted(k for k in conds if k != "args")  # 'args' holds ConditioningProvider options
-    melody = prepend == ["description", "self_wav"]
-    expected_names = ["description", "self_wav"] if melody else ["description"]
+    prepended = prepend == ["description", "self_wav"]
+    expected_names = ["description", "self_wav"] if prepended else ["description"]
     if names != expected_names:
         raise CheckpointError(
             f"{xp.path}: xp.cfg conditioners are {names}; this engine supports text models (a T5 "
-            "'description', by cross-attention) and melody models ('description' + chroma 'self_wav', "
-            "prepended)"
+            "'description', by cross-attention), melody models ('description' + chroma 'self_wav', "
+            "prepended) and style models ('description' + style 'self_wav', prepended)"
         )
+    style_model = prepended and xp.get("conditioners.self_wav.model", None) == "style"
+    melody = prepended and not style_model
     t5_name = _t5_name_from_xp(xp)
     text_dim = T5_WIDTHS[t5_name]
 
-    chroma = None
+    chroma = style = None
     extra: dict[str, Any] = {}
     if melody:
         chroma, chroma_length = _chroma_from_xp(xp)
         extra = {"num_chroma": chroma.num_chroma, "chroma_length": chroma_length}
+    if style_model:
+        style = style_config_from_xp(xp)
+        extra = {"style_dim": style.dim}
     try:
         lm = LMConfig(
             dim=dim,
@@ -151,7 +160,7 @@ def _lm_config_from_xp(xp: _XpCfg) -> tuple[LMConfig, ChromaConfig | None, str, 
             card=card,
             audio_channels=audio_channels,
             text_dim=text_dim,
-            conditioning="prepend" if melody else "cross",
+            conditioning="style" if style_model else "prepend" if melody else "cross",
             **extra,
         )
     except ValueError as e:
@@ -163,11 +172,12 @@ def _lm_config_from_xp(xp: _XpCfg) -> tuple[LMConfig, ChromaConfig | None, str, 
             f"{xp.path}: xp.cfg codebooks_pattern.delay.delays is {delays}; a "
             f"{'stereo' if audio_channels == 2 else 'mono'} MusicGen with {n_q} codebooks uses {lm.delays}"
         )
-    assert not (cross and melody)
+    assert not (cross and prepended)
     sample_rate = xp.get("sample_rate", None)
     return (
         lm,
         chroma,
+        style,
         t5_name,
         None if sample_rate is None else _as_int(sample_rate, f"{xp.path}: sample_rate"),
     )
@@ -208,7 +218,7 @@ def _fuser_from_xp(xp: _XpCfg) -> tuple[bool, list[str]]:
         return False, prepend
     raise CheckpointError(
         f"{xp.path}: xp.cfg fuser is cross={cross}, prepend={prepend}; supported are text models "
-        "(cross=[description]) and melody models (prepend=[self_wav, description])"
+        "(cross=[description]) and melody or style models (prepend=[self_wav, description])"
     )
 
 
@@ -323,11 +333,16 @@ def _lm_rows(lm: LMConfig) -> list[tuple[str, str, tuple[int, ...]]]:
             (_CHROMA_PROJ + ".weight", "chroma_proj.weight", (d, lm.num_chroma)),
             (_CHROMA_PROJ + ".bias", "chroma_proj.bias", (d,)),
         ]
+    if lm.conditioning == "style":  # the style conditioner's output_proj, the same key as chroma's
+        rows += [
+            (_CHROMA_PROJ + ".weight", "style_proj.weight", (d, lm.style_dim)),
+            (_CHROMA_PROJ + ".bias", "style_proj.bias", (d,)),
+        ]
     return rows
 
 
 def _describe(lm: LMConfig) -> str:
-    kind = "melody" if lm.conditioning == "prepend" else "text"
+    kind = {"prepend": "melody", "style": "style"}.get(lm.conditioning, "text")
     return (
         f"{kind} LM with dim={lm.dim}, num_layers={lm.num_layers}, ffn_dim={lm.ffn_dim}, "
         f"n_q={lm.num_codebooks}, card={lm.card}, text_dim={lm.text_dim}"
@@ -478,6 +493,10 @@ def _lm_xp_cfg(config: ModelConfig, t5_name: str, codec_is_pointer: bool) -> dic
         conditioners["self_wav"] = {"model": "chroma_stem", "chroma_stem": stem}
         fuser.update(prepend=["self_wav", "description"], cross=[])
         duration = _segment_duration(lm, chroma)
+    if config.is_style:
+        assert config.style is not None
+        conditioners["self_wav"] = style_xp(config.style, lm.num_codebooks)
+        fuser.update(prepend=["self_wav", "description"], cross=[])
     xp: dict[str, Any] = {
         "solver": "musicgen",
         "sample_rate": config.sample_rate,
@@ -518,7 +537,7 @@ def _lm_xp_cfg(config: ModelConfig, t5_name: str, codec_is_pointer: bool) -> dic
             "depthwise_init": None,
             "zero_bias_init": False,
             "norm": "layer_norm",
-            "cross_attention": not config.is_melody,
+            "cross_attention": lm.conditioning == "cross",
             "qk_layer_norm": False,
             "qk_layer_norm_cross": False,
             "attention_dropout": None,
