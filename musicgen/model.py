@@ -264,7 +264,9 @@ class MusicGen:
         styled = self.lm.project_style(tokens, smask)  # [B, Ts, D]
         cond = torch.cat([styled, text], dim=1)
         unconditional = not bool(smask.any()) and not bool(text.any())
-        if sampling.cfg_coef == 1.0 or unconditional:
+        # guidance at 1.0 gives the conditional logits back; double guidance does not (beta still weighs
+        # text against style), so only ordinary guidance is skipped there
+        if unconditional or (sampling.cfg_coef == 1.0 and sampling.cfg_beta is None):
             return WindowConditions(guided=False, prefix=cond)
         null = torch.zeros_like(cond)
         if sampling.cfg_beta is None:

@@ -100,9 +100,13 @@ def decode_logits(model, prompts: list[str], codes: torch.Tensor) -> torch.Tenso
     text = lm.project_text(states, mask)
     if lm.cfg.conditioning == "cross":
         cond, P = WindowConditions(guided=False, text=text, text_mask=mask), 0
-    else:
-        chroma = lm.project_chroma(null_chroma(len(prompts), lm.cfg.chroma_length).to(text.device))
-        prefix = torch.cat([chroma, text], dim=1)
+    else:  # prepend models, without a melody or style: null chroma, or one zero style token
+        B = len(prompts)
+        if lm.cfg.conditioning == "style":
+            zeros = text.new_zeros(B, 1)
+            prefix = lm.prefix(text, style=text.new_zeros(B, 1, lm.cfg.style_dim), style_mask=zeros)
+        else:
+            prefix = lm.prefix(text, chroma=null_chroma(B, lm.cfg.chroma_length).to(text.device))
         cond, P = WindowConditions(guided=False, prefix=prefix), prefix.shape[1]
     cache = lm.new_cache(len(prompts), P + codes.shape[-1] + 1)
     out = [prefill(lm, cache, cond, codes[:, :, :1])]

@@ -258,6 +258,11 @@ def write_transformers(ckpt: Checkpoint, folder: Path) -> None:
     )
 
     cfg = ckpt.config
+    if cfg.is_style:
+        raise CheckpointError(
+            f"{ckpt.source or 'this checkpoint'} is a MusicGen-Style model, which transformers has no classes "
+            "for: it is kept in audiocraft's layout (convert --to audiocraft)."
+        )
     if ckpt.text_encoder_state is None or ckpt.codec_state is None or cfg.text_encoder is None:
         raise CheckpointError("writing transformers' layout needs the text encoder and codec weights bundled")
     lm = cfg.lm
