@@ -313,3 +313,32 @@ def test_server_serves_a_prediction_on_cuda(tmp_path, figures):
     held = (free_before - free_during) / MB
     figures["server_worker_gpu_mb"] = round(held, 1)
     assert held > 100, f"the server's worker holds {held:.0f} MB of GPU memory: did it run on the CPU?"
+
+
+def test_style_model_on_cuda(tmp_path, figures):
+    """MusicGen-Style on CUDA: the style conditioner runs in float32 (as audiocraft's) and gives the CPU's
+    tokens; text + style with double guidance generates, and the same seed repeats."""
+    from musicgen.tiny import save_tiny_style_model
+
+    folder = save_tiny_style_model(tmp_path / "style")
+    gpu = _engine(folder)
+    cpu = build_model(read_checkpoint(folder), "cpu")
+    assert gpu.style.encoder.embed.weight.dtype == torch.float32
+    wav = 0.3 * torch.randn(1, 32000 * 4, generator=torch.Generator().manual_seed(0))
+    excerpts = wav[:, : 3 * 32000]
+    # before quantization: close (cuDNN may run MERT's convolutions in TF32); after it, a frame near a
+    # boundary between two codebook entries may pick the other one, so the share of equal tokens is counted
+    features = [m.style.encoder.encode(m.style.features(excerpts)).cpu() for m in (gpu, cpu)]
+    error = float((features[0] - features[1]).norm() / features[1].norm())
+    tokens = [m.style(excerpts, 3).cpu() for m in (gpu, cpu)]
+    same = float((tokens[0] == tokens[1]).all(dim=-1).float().mean())
+    figures["style_features_rel_error_cuda_vs_cpu"] = round(error, 6)
+    figures["style_tokens_equal_cuda_vs_cpu"] = round(same, 4)
+    assert error < 1e-2
+    assert same >= 0.9
+    sampling = SamplingParams(cfg_coef=3.0, cfg_beta=5.0)
+    first, again = (
+        gpu.generate(PROMPTS, duration=1.0, style=wav, sampling=sampling, seed=11).codes for _ in range(2)
+    )
+    assert torch.equal(first, again)
+    assert first.shape == (2, 4, 50)
