@@ -318,7 +318,8 @@ class MusicGen:
             for i, wav in enumerate(wavs):
                 if wav is not None and at + n > wav.shape[-1]:
                     raise InvalidInputError(
-                        f"the style excerpt from {start} s to {start + length} s runs past the end of the style "
+                        f"style_excerpt_start {start} s: the excerpt from {start} s to {start + length} s runs "
+                        "past the end of the style "
                         f"audio{'' if batch == 1 else f' of clip {i + 1}'} ({wav.shape[-1] / sr:.2f} s): start "
                         "it earlier or shorten it."
                     )

@@ -37,3 +37,14 @@ class TinyModels:
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory):
     return TinyModels(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="session")
+def tiny_style(tmp_path_factory):
+    """The tiny random MusicGen-Style model, built once: (its folder in audiocraft's layout, with T5 and
+    MERT bundled; the engine loaded from it on CPU)."""
+    from musicgen.loading import build_model, read_checkpoint
+    from musicgen.tiny import save_tiny_style_model
+
+    folder = save_tiny_style_model(tmp_path_factory.mktemp("tiny-style") / "style")
+    return folder, build_model(read_checkpoint(folder), "cpu")

@@ -150,8 +150,9 @@ def style_state_to_audiocraft(state: dict[str, torch.Tensor], cfg: StyleConfig) 
     if cfg.batch_norm:
         out[STYLE_PREFIX + "batch_norm.num_batches_tracked"] = torch.tensor(0)
     for j, table in enumerate(state["codebooks"]):
-        out[STYLE_PREFIX + _codebook(j, "inited")] = torch.ones(1)
-        out[STYLE_PREFIX + _codebook(j, "cluster_size")] = torch.ones(cfg.bins)
+        # in the codebooks' dtype: a float16 export holds float16 buffers only, as the release's does
+        out[STYLE_PREFIX + _codebook(j, "inited")] = torch.ones(1, dtype=table.dtype)
+        out[STYLE_PREFIX + _codebook(j, "cluster_size")] = torch.ones(cfg.bins, dtype=table.dtype)
         out[STYLE_PREFIX + _codebook(j, "embed")] = table.clone()
         out[STYLE_PREFIX + _codebook(j, "embed_avg")] = table.clone()
     return out
