@@ -14,11 +14,12 @@ from cog import BaseRunner, Input, Path
 
 from musicgen import inputs
 from musicgen.audio import NORMALIZATION_STRATEGIES, normalize, write_audio
-from musicgen.config import SAMPLE_RATE
+from musicgen.config import SAMPLE_RATE, StyleConfig
 from musicgen.errors import AudioFileError, FineTunedWeightsError, InvalidInputError, WeightsNotFoundError
 from musicgen.finetuned import finetuned_base
 from musicgen.sampling import SamplingParams
 from musicgen.serving import ModelCache, OutputFiles, fetch_weights_file, weights_cache_dir
+from musicgen.style import check_style_args
 from musicgen.variants import VARIANTS
 
 DEFAULT_MODEL = "stereo-melody-large"
@@ -58,7 +59,7 @@ class Runner(BaseRunner):
     def run(
         self,
         model_version: str = Input(
-            description="Model to generate with. Melody models (melody, melody-large, stereo-melody, stereo-melody-large) can follow the melody of input_audio; stereo models make two channels; larger models sound better but take longer.",
+            description="Model to generate with. Melody models (melody, melody-large, stereo-melody, stereo-melody-large) can follow the melody of input_audio; the style model (MusicGen-Style) makes music in the style of a few seconds of input_audio; stereo models make two channels; larger models sound better but take longer.",
             default="stereo-melody-large",
             choices=[
                 "small",
@@ -71,6 +72,7 @@ class Runner(BaseRunner):
                 "stereo-large",
                 "stereo-melody",
                 "stereo-melody-large",
+                "style",
             ],
         ),
         prompt: str | None = Input(
@@ -78,7 +80,7 @@ class Runner(BaseRunner):
             default=None,
         ),
         input_audio: Path | None = Input(
-            description="An audio file (wav, mp3, flac or ogg) that shapes the music. With continuation off, the music follows its melody (melody models only); with continuation on, the music continues it.",
+            description="An audio file (wav, mp3, flac or ogg) that shapes the music. With continuation off, the music follows its melody (melody models), or with the style model takes on its style (instruments, sound, feel) from a few seconds of it; with continuation on, the music continues it.",
             default=None,
         ),
         duration: int = Input(
@@ -100,6 +102,18 @@ class Runner(BaseRunner):
             description="Where the part of input_audio to use ends, in seconds from its start. Leave empty to use it up to its end.",
             default=None,
             ge=0,
+        ),
+        style_excerpt_length: float = Input(
+            description="Style model only: how many seconds of input_audio the style is taken from (1.5 to 4.5), picked at a random place (the same for the same seed) within the part of input_audio used. Longer excerpts capture more of the music's character.",
+            default=3.0,
+            ge=1.5,
+            le=4.5,
+        ),
+        style_eval_q: int = Input(
+            description="Style model only: how closely the music copies the style excerpt, from 1 (loosely: its broad character, more room for the prompt) to 6 (closely: its sounds and textures, at the risk of copying it).",
+            default=3,
+            ge=1,
+            le=6,
         ),
         normalization_strategy: str = Input(
             description="How the level of the output is set: loudness (to -14 LUFS, with a soft limiter), clip (peaks cut off), peak (loudest sample just below full scale) or rms (average level).",
@@ -123,9 +137,15 @@ class Runner(BaseRunner):
             ge=0.0,
         ),
         classifier_free_guidance: float = Input(
-            description="How closely the music follows the prompt and melody. Higher values stick closer to them and vary less.",
+            description="How closely the music follows the prompt, melody and style excerpt. Higher values stick closer to them and vary less.",
             default=3.0,
             ge=0.0,
+        ),
+        classifier_free_guidance_beta: float | None = Input(
+            description="Style model only, with both a prompt and a style excerpt: how much the prompt counts against the style excerpt (double guidance). 1 weighs them as plain guidance does; higher values follow the prompt more, lower values the excerpt more; 5 is a good start. Leave empty for plain guidance.",
+            default=None,
+            ge=0.0,
+            le=20.0,
         ),
         output_format: str = Input(
             description="File format of the generated audio.",
@@ -173,19 +193,35 @@ class Runner(BaseRunner):
             )
         if continuation and audio_path is None:
             raise InvalidInputError("continuation is on, but there is no input_audio to continue: give one.")
-        melody_given = audio_path is not None and not continuation
+        # with continuation off, input_audio is the style model's style excerpt, else a melody reference
+        style_given = variant.style and audio_path is not None and not continuation
+        melody_given = audio_path is not None and not continuation and not variant.style
         if melody_given and not variant.melody:
             melody_models = ", ".join(name for name, v in VARIANTS.items() if v.melody)
             raise InvalidInputError(
                 f"input_audio is a melody reference (continuation is off), but {model_version} takes no "
-                f"melody: choose a melody model ({melody_models}), turn continuation on to continue the "
-                "audio instead, or leave input_audio out."
+                f"melody: choose a melody model ({melody_models}) or the style model to take on its style, "
+                "turn continuation on to continue the audio instead, or leave input_audio out."
+            )
+        excerpt_length, eval_q, beta = _style_settings(
+            variant,
+            model_version,
+            style_given,
+            style_excerpt_length,
+            style_eval_q,
+            classifier_free_guidance_beta,
+        )
+        if beta is not None and prompt is None:
+            raise InvalidInputError(
+                "classifier_free_guidance_beta weighs the prompt against the style excerpt, and there is no "
+                "prompt: give one, or leave classifier_free_guidance_beta empty for plain guidance."
             )
         sampling = SamplingParams(
             top_k=inputs.whole("top_k", top_k),
             top_p=inputs.number("top_p", top_p),
             temperature=inputs.number("temperature", temperature),
             cfg_coef=inputs.number("classifier_free_guidance", classifier_free_guidance, 0),
+            cfg_beta=beta,
         )
         # the engine's own checks (top_k, top_p, temperature), with the same messages as the CLI's
         inputs.check_generation_args(
@@ -200,12 +236,21 @@ class Runner(BaseRunner):
 
         audio = None
         if audio_path is not None:
-            audio = _read_input_audio(audio_path, 2 if variant.stereo else 1, start, end)
+            # the style excerpt is taken from a mono mix, as the style model's conditioner hears it
+            channels = 1 if style_given else 2 if variant.stereo else 1
+            audio = _read_input_audio(audio_path, channels, start, end)
             if continuation and audio.shape[-1] >= duration * SAMPLE_RATE:
                 raise InvalidInputError(
                     f"the audio to continue lasts {audio.shape[-1] / SAMPLE_RATE:.2f} s, not shorter than "
                     f"duration ({duration} s), which counts the continued audio: ask for a longer duration "
                     "or use a shorter part of input_audio (continuation_start / continuation_end)."
+                )
+            if style_given and audio.shape[-1] < int(excerpt_length * SAMPLE_RATE):
+                raise InvalidInputError(
+                    f"input_audio (the style excerpt's source) lasts {audio.shape[-1] / SAMPLE_RATE:.2f} s"
+                    f"{'' if (start, end) == (0, None) else ' between continuation_start and continuation_end'}, "
+                    f"shorter than style_excerpt_length ({excerpt_length:g} s): give a longer clip, a longer "
+                    "part of it, or a shorter style_excerpt_length."
                 )
 
         with _named(weights_name):
@@ -215,8 +260,11 @@ class Runner(BaseRunner):
         result = model.generate(
             prompt,
             duration=float(duration),
-            melody=None if continuation else audio,
+            melody=audio if melody_given else None,
             continuation=audio if continuation else None,
+            style=audio if style_given else None,
+            style_excerpt_length=excerpt_length if style_given else None,
+            style_eval_q=eval_q if style_given else None,
             sampling=sampling,
             seed=seed,
         )
@@ -224,6 +272,42 @@ class Runner(BaseRunner):
         out = self.outputs.new(f"output.{output_format}")
         write_audio(out, wav, result.sample_rate)
         return Path(out)
+
+
+def _style_settings(variant, model_version: str, style_given: bool, excerpt_length, eval_q, beta):
+    """(style_excerpt_length, style_eval_q, classifier_free_guidance_beta) checked. Values other than the
+    defaults (which a form sends whatever the model) need the style model and a style excerpt."""
+    excerpt_length = inputs.number("style_excerpt_length", excerpt_length, unit="seconds")
+    eval_q = inputs.whole("style_eval_q", eval_q)
+    if beta is not None:
+        beta = inputs.number("classifier_free_guidance_beta", beta, 0, inputs.MAX_CFG_BETA)
+    defaults = StyleConfig()  # the released model's: known before any model is loaded
+    if variant.style:
+        check_style_args(defaults, excerpt_length, eval_q)
+    given = [
+        name
+        for name, value, default in [
+            ("style_excerpt_length", excerpt_length, defaults.excerpt_length),
+            ("style_eval_q", eval_q, defaults.eval_q),
+            ("classifier_free_guidance_beta", beta, None),
+        ]
+        if value != default
+    ]
+    if given:
+        one = len(given) == 1
+        names = given[0] if one else f"{', '.join(given[:-1])} and {given[-1]}"
+        leave = f"leave {'it at its default' if one else 'them at their defaults'}"
+        if not variant.style:
+            raise InvalidInputError(
+                f"{names} only {'applies' if one else 'apply'} to the style model, not {model_version}: "
+                f"choose model_version=style, or {leave}."
+            )
+        if not style_given:
+            raise InvalidInputError(
+                f"{names} only {'applies' if one else 'apply'} to a style excerpt, and there is none: give "
+                f"input_audio with continuation off, or {leave}."
+            )
+    return excerpt_length, eval_q, beta
 
 
 @contextlib.contextmanager

@@ -39,7 +39,9 @@ def _quiet_libraries() -> None:
 
 # ---- generate -------------------------------------------------------------------------------------
 def _add_generate(sub) -> None:
-    p = sub.add_parser("generate", help="generate audio from text, a melody, or audio to continue")
+    p = sub.add_parser(
+        "generate", help="generate audio from text, a melody, a style excerpt, or audio to continue"
+    )
     p.add_argument("--model", default="small", help="variant name (small, stereo-melody-large...) or folder")
     p.add_argument("--prompt", action="append", help="text prompt; repeat for a batch (one file per prompt)")
     p.add_argument(
@@ -47,10 +49,37 @@ def _add_generate(sub) -> None:
     )
     p.add_argument("--melody", type=Path, help="audio whose melody guides the music (melody variants)")
     p.add_argument("--continue", dest="continuation", type=Path, help="audio to continue")
+    p.add_argument(
+        "--style",
+        type=Path,
+        action="append",
+        help="audio whose style the music takes (the style model); one per --prompt, or one for all",
+    )
+    p.add_argument(
+        "--style-excerpt-length",
+        type=float,
+        help="seconds of the style audio the style is taken from, 1.5 to 4.5 (default 3)",
+    )
+    p.add_argument(
+        "--style-excerpt-start",
+        type=float,
+        help="where the excerpt starts in each style file, in seconds (default: drawn from the seed)",
+    )
+    p.add_argument(
+        "--style-eval-q",
+        type=int,
+        help="style codebooks used, 1 (loose) to 6 (close to the excerpt) (default 3)",
+    )
     p.add_argument("--top-k", type=int, default=250)
     p.add_argument("--top-p", type=float, default=0.0, help="0 switches it off")
     p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
     p.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance scale")
+    p.add_argument(
+        "--cfg-beta",
+        type=float,
+        help="double guidance (the style model, with --prompt and --style): how much the text counts "
+        "against the style; 5 is a good start; default off",
+    )
     p.add_argument(
         "--seed",
         type=int,
@@ -88,7 +117,11 @@ def _generate(args) -> int:
     from .sampling import SamplingParams
 
     sampling = SamplingParams(
-        top_k=args.top_k, top_p=args.top_p, temperature=args.temperature, cfg_coef=args.cfg
+        top_k=args.top_k,
+        top_p=args.top_p,
+        temperature=args.temperature,
+        cfg_coef=args.cfg,
+        cfg_beta=args.cfg_beta,
     )
     traits = peek_model(args.model)
     inputs.check_generation_args(
@@ -98,6 +131,7 @@ def _generate(args) -> int:
         model_accepts_melody=None if traits is None else traits.melody,
     )
     inputs.check_prompts(args.prompt or [None])
+    _check_style_options(args, traits)
     seed = inputs.seed("--seed", args.seed)  # the server's rule: 0 to 2**63 - 1, or -1 for a random one
     if args.out.suffix.lower() not in SUPPORTED_WRITE_SUFFIXES:
         raise InvalidInputError(
@@ -123,6 +157,7 @@ def _generate(args) -> int:
             f"--continue {args.continuation} lasts {continuation.shape[-1] / sr:.2f} s, not shorter than "
             f"--duration {args.duration} s (the duration counts the continued audio)."
         )
+    style = _read_styles(args, sr)
 
     resolve_device(args.device)  # an unusable device is refused before the checkpoint is read
     model = MusicGen.load(args.model, device=args.device, download=not args.no_download, int8=args.int8)
@@ -131,6 +166,10 @@ def _generate(args) -> int:
         duration=args.duration,
         melody=melody,
         continuation=continuation,
+        style=style,
+        style_excerpt_length=args.style_excerpt_length,
+        style_excerpt_start=args.style_excerpt_start,
+        style_eval_q=args.style_eval_q,
         sampling=sampling,
         seed=seed,
         melody_stems=args.melody_stems,
@@ -144,6 +183,96 @@ def _generate(args) -> int:
         np.save(args.codes_out, result.codes.numpy().astype(np.int64))
         print(args.codes_out)
     return 0
+
+
+def _check_style_options(args, traits) -> None:
+    """The style options, checked against each other and against the model (when known without loading
+    it) with the released style model's ranges."""
+    import math
+
+    from .config import StyleConfig
+    from .style import check_style_args
+
+    settings = {
+        "--style-excerpt-length": args.style_excerpt_length,
+        "--style-excerpt-start": args.style_excerpt_start,
+        "--style-eval-q": args.style_eval_q,
+    }
+    given = [name for name, value in settings.items() if value is not None]
+    if traits is not None and not traits.style:
+        used = [
+            *(["--style"] if args.style else []),
+            *given,
+            *(["--cfg-beta"] if args.cfg_beta is not None else []),
+        ]
+        if used:
+            raise InvalidInputError(
+                f"{', '.join(used)}: {args.model} has no style conditioner; use --model style "
+                "(MusicGen-Style), or leave these options out."
+            )
+    if not args.style:
+        if given:
+            one = len(given) == 1
+            raise InvalidInputError(
+                f"{', '.join(given)} {'sets' if one else 'set'} the style excerpt: give --style FILE too, or "
+                f"leave {'it' if one else 'them'} out."
+            )
+        if args.cfg_beta is not None:
+            raise InvalidInputError(
+                "--cfg-beta weighs the text against the style: give --style FILE (and --prompt), or leave "
+                "--cfg-beta out for ordinary guidance."
+            )
+        return
+    prompts = args.prompt or [None]
+    if len(args.style) not in (1, len(prompts)):
+        raise InvalidInputError(
+            f"{len(args.style)} --style files for {len(prompts)} prompts: give one --style per --prompt, "
+            "or a single one for all."
+        )
+    if args.cfg_beta is not None and not any(_has_text(p) for p in prompts):
+        raise InvalidInputError(
+            "--cfg-beta weighs the text against the style, and there is no text: give --prompt, or leave "
+            "--cfg-beta out."
+        )
+    defaults = StyleConfig()
+    length = defaults.excerpt_length if args.style_excerpt_length is None else args.style_excerpt_length
+    eval_q = defaults.eval_q if args.style_eval_q is None else args.style_eval_q
+    check_style_args(defaults, length, eval_q)
+    start = args.style_excerpt_start
+    if start is not None and not (math.isfinite(start) and start >= 0):
+        raise InvalidInputError(f"--style-excerpt-start must be a number of seconds >= 0, got {start}.")
+
+
+def _has_text(prompt: str | None) -> bool:
+    return prompt is not None and bool(prompt.strip())
+
+
+def _read_styles(args, sr: int):
+    """The --style files, mono at `sr`, each long enough for its excerpt: one tensor for all clips, or a
+    list with one per clip; None without --style."""
+    from . import inputs
+    from .config import StyleConfig
+
+    if not args.style:
+        return None
+    length = StyleConfig().excerpt_length if args.style_excerpt_length is None else args.style_excerpt_length
+    start = args.style_excerpt_start or 0.0
+    need = int(start * sr) + int(length * sr)
+    read = {}
+    for path in args.style:
+        if path in read:
+            continue
+        wav = inputs.read_input_audio("--style", path, sr, 1)
+        if wav.shape[-1] < need:
+            where = f"from {start:g} s " if args.style_excerpt_start is not None else ""
+            raise InvalidInputError(
+                f"--style {path} lasts {wav.shape[-1] / sr:.2f} s, too short for a style excerpt of "
+                f"{length:g} s {where}(--style-excerpt-length{', --style-excerpt-start' if where else ''}): "
+                "give a longer file, or a shorter or earlier excerpt."
+            )
+        read[path] = wav
+    styles = [read[path] for path in args.style]
+    return styles[0] if len(styles) == 1 else styles
 
 
 def _check_writable(option: str, path: Path) -> None:

@@ -33,6 +33,7 @@ from tests.test_server import (  # noqa: F401 (fixtures)
     decode,
     finetuned_files,
     run_server,
+    style_audio,
     weights_dir,
 )
 
@@ -76,6 +77,7 @@ def files(tmp_path_factory, finetuned_files) -> dict[str, Path]:  # noqa: F811
     sf.write(folder / "long.wav", np.zeros((601 * 1000, 1), dtype=np.int16), 1000, subtype="PCM_16")
     return {
         "tone.wav": write_tone(folder / "tone.wav", seconds=2.0),
+        "style.wav": style_audio(folder / "style.wav", seconds=5.0),
         "empty.wav": empty,
         "garbage.wav": folder / "garbage.wav",
         "text.wav": folder / "text.wav",
@@ -122,6 +124,7 @@ def _check_failed(answer: dict, inputs: dict, words: tuple[str, ...]) -> None:
 
 MELODY = {"model_version": "melody"}
 CONTINUE = {"model_version": "small", "continuation": True, "duration": 4}
+STYLE = {"model_version": "style", "input_audio": "@style.wav", "prompt": "jazz"}  # a 5 s style reference
 
 # (inputs, words of the error: the input's name first, then what to change)
 PREDICTION_CASES: list[tuple[dict, tuple[str, ...]]] = [
@@ -193,6 +196,61 @@ PREDICTION_CASES: list[tuple[dict, tuple[str, ...]]] = [
         {**CONTINUE, "input_audio": "@tone.wav", "duration": 2},
         ("not shorter than duration (2 s)", "ask for a longer duration"),
     ),
+    # the style model's inputs: their types and ranges, the model and the input_audio they need
+    ({**STYLE, "style_excerpt_length": 5}, ("style_excerpt_length must be between 1.5 and 4.5 s",)),
+    ({**STYLE, "style_excerpt_length": 1}, ("style_excerpt_length must be between 1.5 and 4.5 s",)),
+    ({**STYLE, "style_excerpt_length": "3"}, ("style_excerpt_length must be a finite number of seconds",)),
+    ({**STYLE, "style_excerpt_length": None}, ("style_excerpt_length must be a finite number",)),
+    ({**STYLE, "style_excerpt_length": True}, ("style_excerpt_length must be a finite number",)),
+    ({**STYLE, "style_eval_q": 0}, ("style_eval_q must be a whole number from 1 to 6",)),
+    ({**STYLE, "style_eval_q": 7}, ("style_eval_q must be a whole number from 1 to 6",)),
+    ({**STYLE, "style_eval_q": 2.5}, ("style_eval_q must be a whole number",)),
+    ({**STYLE, "style_eval_q": "3"}, ("style_eval_q must be a whole number",)),
+    (
+        {**STYLE, "classifier_free_guidance_beta": -1},
+        ("classifier_free_guidance_beta must be between 0 and 20",),
+    ),
+    (
+        {**STYLE, "classifier_free_guidance_beta": 21},
+        ("classifier_free_guidance_beta must be between 0 and 20",),
+    ),
+    (
+        {**STYLE, "classifier_free_guidance_beta": "5"},
+        ("classifier_free_guidance_beta must be a finite number",),
+    ),
+    (
+        {**STYLE, "prompt": None, "classifier_free_guidance_beta": 5},
+        ("classifier_free_guidance_beta weighs the prompt against the style excerpt", "there is no prompt"),
+    ),
+    (
+        {"model_version": "style", "prompt": "jazz", "classifier_free_guidance_beta": 5},
+        (
+            "classifier_free_guidance_beta only applies to a style excerpt, and there is none",
+            "give input_audio",
+        ),
+    ),
+    (
+        {**STYLE, "continuation": True, "duration": 8, "style_eval_q": 5},
+        ("style_eval_q only applies to a style excerpt", "continuation off", "leave it at its default"),
+    ),
+    (
+        {"model_version": "small", "style_excerpt_length": 2},
+        ("style_excerpt_length only applies to the style model, not small", "model_version=style"),
+    ),
+    (
+        {"model_version": "stereo-melody-large", "style_eval_q": 1, "classifier_free_guidance_beta": 3},
+        ("style_eval_q and classifier_free_guidance_beta only apply to the style model", "their defaults"),
+    ),
+    (
+        {**STYLE, "input_audio": "@tone.wav"},
+        ("input_audio (the style excerpt's source) lasts 2.00 s", "shorter than style_excerpt_length (3 s)"),
+    ),
+    (
+        {**STYLE, "continuation_start": 3, "style_excerpt_length": 2.5},
+        ("lasts 2.00 s between continuation_start and continuation_end", "style_excerpt_length (2.5 s)"),
+    ),
+    ({**STYLE, "input_audio": "@garbage.wav"}, ("input_audio cannot be used", "Could not read audio")),
+    ({**STYLE, "input_audio": "@nan.wav"}, ("input_audio holds NaN or infinite samples",)),
     # output settings
     ({"normalization_strategy": "loud"}, ("normalization_strategy must be one of loudness, clip",)),
     ({"normalization_strategy": None}, ("normalization_strategy must be one of",)),
@@ -266,7 +324,13 @@ def test_bad_predictions_fail_alone_with_a_message_naming_the_input(server, file
 
 def test_non_finite_json_numbers_are_refused(server):
     # Python's json writes NaN / Infinity tokens, which some clients send; they must not reach the model
-    for name in ("temperature", "top_p", "classifier_free_guidance"):
+    for name in (
+        "temperature",
+        "top_p",
+        "classifier_free_guidance",
+        "style_excerpt_length",
+        "classifier_free_guidance_beta",
+    ):
         for token in ("NaN", "Infinity", "-Infinity"):
             body = f'{{"input": {{"model_version": "small", "duration": 1, "{name}": {token}}}}}'.encode()
             request = urllib.request.Request(

@@ -1,5 +1,7 @@
 """`python -m musicgen generate`: same codes as transformers, files written, mistakes caught before loading."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -163,3 +165,156 @@ def test_unusable_device_is_a_message(tiny, capsys, device, message):
     folder, *_ = tiny.get("mono")
     assert main(["generate", "--model", str(folder), "--device", device, "--quiet", "--duration", "0.2"]) == 2
     assert message in capsys.readouterr().err
+
+
+# ---- MusicGen-Style ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def style_model(tiny_style, tmp_path_factory):
+    """The tiny MusicGen-Style checkpoint, and style references: (folder, 6 s stereo 44.1 kHz, another one
+    of 4 s mono 32 kHz, 2 s: shorter than an excerpt)."""
+    from tests.test_server import style_audio, tiny_style_folder
+
+    folder = tmp_path_factory.mktemp("style-refs")
+    return (
+        tiny_style_folder(tmp_path_factory, tiny_style),
+        style_audio(folder / "style.flac"),
+        style_audio(folder / "other.wav", seconds=4.0, rate=32000),
+        write_tone(folder / "short.wav", seconds=2.0),
+    )
+
+
+def test_style_alone_text_alone_and_both(style_model, tmp_path, capsys):
+    folder, style, *_ = style_model
+
+    def codes(*extra: str) -> np.ndarray:
+        name = f"codes-{len(list(tmp_path.glob('*.npy')))}"
+        out, codes_out = tmp_path / f"{name}.wav", tmp_path / f"{name}.npy"
+        args = ["generate", "--model", str(folder), "--duration", "0.3", "--quiet", "--seed", "5"]
+        assert main([*args, *extra, "--out", str(out), "--codes-out", str(codes_out)]) == 0, _error(capsys)
+        data, rate = sf.read(out, always_2d=True)
+        assert rate == 32000 and data.shape == (9600, 1) and np.abs(data).max() > 0  # mono, 0.3 s
+        return np.load(codes_out)
+
+    text = codes("--prompt", "jazz trio")
+    styled = codes("--style", str(style))
+    both = codes("--prompt", "jazz trio", "--style", str(style))
+    double = codes("--prompt", "jazz trio", "--style", str(style), "--cfg-beta", "5")
+    settings = codes("--style", str(style), "--style-eval-q", "6", "--style-excerpt-length", "1.5")
+    late = codes("--style", str(style), "--style-excerpt-start", "3")
+    runs = [text, styled, both, double, settings, late]
+    for i, a in enumerate(runs):
+        assert a.shape == (1, 4, 15)
+        for b in runs[i + 1 :]:
+            assert not np.array_equal(a, b)
+
+
+def test_one_style_per_prompt_or_one_for_all(style_model, tmp_path, capsys):
+    folder, style, other, _ = style_model
+    base = ["generate", "--model", str(folder), "--duration", "0.3", "--quiet", "--seed", "2", "--top-k", "1"]
+    base += ["--prompt", "jazz", "--prompt", "rock"]
+
+    def codes(*styles: Path) -> np.ndarray:
+        out = tmp_path / f"codes-{len(list(tmp_path.glob('*.npy')))}.npy"
+        extra = [arg for s in styles for arg in ("--style", str(s))]
+        assert main([*base, *extra, "--out", str(tmp_path / "o.wav"), "--codes-out", str(out)]) == 0, _error(
+            capsys
+        )
+        assert (tmp_path / "o-1.wav").is_file() and (tmp_path / "o-2.wav").is_file()
+        return np.load(out)
+
+    shared = codes(style)
+    np.testing.assert_array_equal(codes(style, style), shared)  # one --style applies to every prompt
+    mixed = codes(style, other)
+    np.testing.assert_array_equal(mixed[0], shared[0])  # clip 1 keeps its style
+    assert not np.array_equal(mixed[1], shared[1])  # clip 2 takes the other
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (
+            ["--style", "@style", "--style-excerpt-length", "5"],
+            "style_excerpt_length must be between 1.5 and 4.5",
+        ),
+        (
+            ["--style", "@style", "--style-excerpt-length", "1"],
+            "style_excerpt_length must be between 1.5 and 4.5",
+        ),
+        (["--style", "@style", "--style-excerpt-length", "nan"], "style_excerpt_length must be a number"),
+        (["--style", "@style", "--style-eval-q", "0"], "style_eval_q must be a whole number from 1 to 6"),
+        (["--style", "@style", "--style-eval-q", "7"], "style_eval_q must be a whole number from 1 to 6"),
+        (
+            ["--style", "@style", "--style-excerpt-start", "-1"],
+            "--style-excerpt-start must be a number of seconds >= 0",
+        ),
+        (["--style", "@style", "--style-excerpt-start", "inf"], "--style-excerpt-start must be a number"),
+        (["--style", "@short"], "short.wav lasts 2.00 s, too short for a style excerpt of 3 s"),
+        (
+            ["--style", "@style", "--style-excerpt-start", "4"],
+            "too short for a style excerpt of 3 s from 4 s (--style-excerpt-length, --style-excerpt-start)",
+        ),
+        (["--style", "@missing"], "missing.wav"),
+        (
+            ["--style", "@style", "--cfg-beta", "5"],
+            "--cfg-beta weighs the text against the style, and there is no text",
+        ),
+        (
+            ["--prompt", "a", "--cfg-beta", "5"],
+            "--cfg-beta weighs the text against the style: give --style FILE",
+        ),
+        (
+            ["--prompt", "a", "--style", "@style", "--cfg-beta", "25"],
+            "cfg_beta) must be a number from 0 to 20",
+        ),
+        (
+            ["--prompt", "a", "--style", "@style", "--cfg-beta", "-1"],
+            "cfg_beta) must be a number from 0 to 20",
+        ),
+        (["--style-eval-q", "2"], "--style-eval-q sets the style excerpt: give --style FILE too"),
+        (
+            ["--style-excerpt-length", "2", "--style-excerpt-start", "1"],
+            "--style-excerpt-length, --style-excerpt-start set the style excerpt",
+        ),
+        (
+            ["--prompt", "a", "--prompt", "b", "--prompt", "c", "--style", "@style", "--style", "@style"],
+            "2 --style files for 3 prompts: give one --style per --prompt, or a single one for all",
+        ),
+        (["--melody", "@style"], "takes no melody"),
+    ],
+)
+def test_bad_style_options_fail_before_loading(style_model, tmp_path, monkeypatch, capsys, extra, message):
+    _, style, _, short = style_model
+    files = {"@style": str(style), "@short": str(short), "@missing": str(tmp_path / "missing.wav")}
+    monkeypatch.setenv("MUSICGEN_WEIGHTS_DIR", str(tmp_path / "weights"))  # empty: style is not there
+    args = ["generate", "--model", "style", "--no-download", "--quiet", "--out", str(tmp_path / "o.wav")]
+    assert main([*args, *(files.get(a, a) for a in extra)]) == 2
+    err = _error(capsys)
+    assert message in err and "download_weights" not in err, err
+
+
+def test_valid_style_options_reach_the_model(style_model, tmp_path, monkeypatch, capsys):
+    _, style, *_ = style_model
+    monkeypatch.setenv("MUSICGEN_WEIGHTS_DIR", str(tmp_path / "weights"))
+    args = ["generate", "--model", "style", "--no-download", "--quiet", "--out", str(tmp_path / "o.wav")]
+    extra = [
+        "--prompt",
+        "a",
+        "--style",
+        str(style),
+        "--style-excerpt-length",
+        "4.5",
+        "--style-excerpt-start",
+        "1.5",
+    ]
+    assert main([*args, *extra, "--style-eval-q", "6", "--cfg-beta", "5"]) == 2
+    assert "download_weights.py" in _error(capsys)  # every check passed: only the weights are missing
+
+
+@pytest.mark.parametrize("option", [["--style", "@style"], ["--cfg-beta", "5"], ["--style-eval-q", "2"]])
+def test_style_options_on_a_model_without_style(style_model, no_weights, capsys, option):
+    _, style, *_ = style_model
+    assert main([*no_weights, *(str(style) if a == "@style" else a for a in option)]) == 2
+    err = _error(capsys)
+    assert f"{option[0]}: small has no style conditioner; use --model style" in err, err

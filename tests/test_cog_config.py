@@ -21,6 +21,9 @@ import pytest
 import yaml
 
 from musicgen.audio import NORMALIZATION_STRATEGIES
+from musicgen.config import StyleConfig
+from musicgen.inputs import MAX_CFG_BETA
+from musicgen.style import MAX_EVAL_Q
 from musicgen.variants import VARIANTS
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -51,7 +54,9 @@ DEPRECATED_BUILD_KEYS = {"python_packages", "pre_install"}
 # torch pin fails here until its row is added and the CUDA choice looked at again.
 TORCH_CUDAS = {"2.9.1": ("12.6", "12.8", "13.0")}
 
-# name -> (annotation as written, default): the inputs of Replicate's meta/musicgen that callers rely on
+# name -> (annotation as written, default): the inputs of Replicate's meta/musicgen that callers rely on,
+# in their order, with MusicGen-Style's three (style_excerpt_length, style_eval_q,
+# classifier_free_guidance_beta) next to the inputs they go with
 EXPECTED_INPUTS = {
     "model_version": ("str", "stereo-melody-large"),
     "prompt": ("str | None", None),
@@ -60,11 +65,14 @@ EXPECTED_INPUTS = {
     "continuation": ("bool", False),
     "continuation_start": ("int", 0),
     "continuation_end": ("int | None", None),
+    "style_excerpt_length": ("float", 3.0),
+    "style_eval_q": ("int", 3),
     "normalization_strategy": ("str", "loudness"),
     "top_k": ("int", 250),
     "top_p": ("float", 0.0),
     "temperature": ("float", 1.0),
     "classifier_free_guidance": ("float", 3.0),
+    "classifier_free_guidance_beta": ("float | None", None),
     "output_format": ("str", "wav"),
     "seed": ("int | None", None),
     "replicate_weights": ("str | None", None),
@@ -284,7 +292,7 @@ def test_choices_and_ranges():
         name: {k.arg: ast.literal_eval(k.value) for k in call.keywords}
         for name, (_, call) in _predict_inputs().items()
     }
-    assert inputs["model_version"]["choices"] == list(VARIANTS)  # all ten published models
+    assert inputs["model_version"]["choices"] == list(VARIANTS)  # all eleven published models, style too
     assert inputs["normalization_strategy"]["choices"] == list(NORMALIZATION_STRATEGIES)
     assert inputs["output_format"]["choices"] == ["wav", "mp3", "flac"]
     assert (inputs["duration"]["ge"], inputs["duration"]["le"]) == (1, 300)
@@ -293,10 +301,23 @@ def test_choices_and_ranges():
         "top_k",
         "temperature",
         "classifier_free_guidance",
+        "classifier_free_guidance_beta",
         "continuation_start",
         "continuation_end",
     ):
         assert inputs[name]["ge"] == 0, name
+    # the style inputs: the released style model's defaults and ranges (what predict.py checks before a
+    # model is loaded), and the engine's bound on the double-guidance weight
+    style = StyleConfig()
+    excerpt = inputs["style_excerpt_length"]
+    assert (excerpt["default"], excerpt["ge"], excerpt["le"]) == (
+        style.excerpt_length,
+        style.min_excerpt_length,
+        style.max_excerpt_length,
+    )
+    assert (inputs["style_eval_q"]["default"], inputs["style_eval_q"]["ge"]) == (style.eval_q, 1)
+    assert inputs["style_eval_q"]["le"] == MAX_EVAL_Q == style.num_quantizers
+    assert inputs["classifier_free_guidance_beta"]["le"] == MAX_CFG_BETA
 
 
 def test_cog_accepts_the_signature():

@@ -37,7 +37,7 @@ from musicgen import weights as weights_module
 from musicgen.errors import InvalidInputError, MusicGenError, WeightsNotFoundError
 from musicgen.finetuned import FineTuned, save_finetuned
 from musicgen.loading import build_lm, read_checkpoint
-from musicgen.tiny import save_tiny_model
+from musicgen.tiny import save_tiny_model, save_tiny_style_model
 from tests import test_weights as stand_in
 from tests.helpers import write_tone
 
@@ -57,6 +57,38 @@ TINY_VARIANTS = {
     "melody": "melody",
     "stereo-melody-large": "stereo-melody",
 }
+
+
+# the tiny MusicGen-Style checkpoint (audiocraft's layout, MERT and T5 bundled), built once per session:
+# the weights folders of the server tests and the CLI tests take it from here
+_TINY_STYLE: dict[str, Path] = {}
+
+
+def tiny_style_folder(tmp_path_factory, tiny_style=None) -> Path:
+    """Its folder; `tiny_style` (conftest's fixture of the same model, when the caller has it) is used
+    rather than building another."""
+    if tiny_style is not None:
+        _TINY_STYLE.setdefault("folder", tiny_style[0])
+    if "folder" not in _TINY_STYLE:
+        _TINY_STYLE["folder"] = save_tiny_style_model(tmp_path_factory.mktemp("tiny-style") / "style")
+    return _TINY_STYLE["folder"]
+
+
+def style_audio(path: Path, seconds: float = 6.0, rate: int = 44100) -> Path:
+    """A stereo style reference whose sound changes every second (tone, noise, chord...): different
+    excerpts of it sound different."""
+    gen = np.random.default_rng(0)
+    t = np.arange(int(seconds * rate)) / rate
+    parts = [
+        0.5 * np.sin(2 * np.pi * 220 * t),
+        0.3 * gen.standard_normal(t.shape),
+        0.3 * (np.sin(2 * np.pi * 330 * t) + np.sin(2 * np.pi * 415 * t)),
+        0.5 * np.sign(np.sin(2 * np.pi * 110 * t)),
+    ]
+    second = (t.astype(int)) % len(parts)
+    wav = np.choose(second, parts)
+    sf.write(path, np.stack([wav, 0.8 * wav], axis=1).astype(np.float32), rate)
+    return path
 
 
 # ---- a server and its helpers ---------------------------------------------------------------------
@@ -244,11 +276,13 @@ def data_url(path: Path, mime: str = "audio/wav") -> str:
 
 
 @pytest.fixture(scope="module")
-def weights_dir(tiny, tmp_path_factory) -> Path:
-    """Tiny random checkpoints under variant names."""
+def weights_dir(tiny, tiny_style, tmp_path_factory) -> Path:
+    """Tiny random checkpoints under variant names (the style model's files linked, not copied)."""
     folder = tmp_path_factory.mktemp("weights")
     for seed, (name, kind) in enumerate(TINY_VARIANTS.items()):
         save_tiny_model(folder / name, kind, seed)
+    style = tiny_style_folder(tmp_path_factory, tiny_style)
+    shutil.copytree(style, folder / "style", copy_function=os.link)
     return folder
 
 
@@ -274,6 +308,7 @@ def audio_files(tmp_path_factory) -> dict[str, Path]:
     garbage.write_bytes(b"this is not audio" * 100)
     return {
         "tone": write_tone(folder / "tone.wav", seconds=2.0),  # mono, 2 s
+        "style": style_audio(folder / "style.flac"),  # stereo, 44.1 kHz, 6 s
         "stereo_tone": write_tone(folder / "stereo.flac", seconds=1.0, rate=44100, channels=2),
         "empty": empty,
         "garbage": garbage,
@@ -391,6 +426,27 @@ def test_cancel_ends_a_long_prediction(server, webhooks):
 
 # (inputs, words of the error); file inputs name a key of `audio_files`
 BAD_INPUTS = [
+    (
+        {"model_version": "small", "style_eval_q": 5},
+        "style_eval_q only applies to the style model, not small",
+    ),
+    (
+        {"model_version": "melody", "classifier_free_guidance_beta": 5, "style_excerpt_length": 2},
+        "style_excerpt_length and classifier_free_guidance_beta only apply to the style model",
+    ),
+    ({"model_version": "style", "style_eval_q": 4}, "style_eval_q only applies to a style excerpt"),
+    (
+        {"model_version": "style", "input_audio": "style", "style_excerpt_length": 5},
+        "style_excerpt_length must be between 1.5 and 4.5 s",
+    ),
+    (
+        {"model_version": "style", "input_audio": "style", "classifier_free_guidance_beta": 5},
+        "classifier_free_guidance_beta weighs the prompt against the style excerpt, and there is no prompt",
+    ),
+    (
+        {"model_version": "style", "input_audio": "tone"},
+        "input_audio (the style excerpt's source) lasts 2.00 s, shorter than style_excerpt_length (3 s)",
+    ),
     ({"model_version": "small", "input_audio": "tone"}, "small takes no melody"),
     ({"continuation": True}, "no input_audio to continue"),
     (
@@ -461,6 +517,72 @@ def test_bad_inputs_fail_with_their_message(server, audio_files):
     assert inline["status"] == "failed" and "input_audio cannot be used" in inline["error"]
     assert server.settled_status() == "READY"
     assert server.predict(model_version="small", duration=1)["status"] == "succeeded"
+
+
+def test_style_model_takes_the_style_of_input_audio(server, audio_files):
+    """model_version=style: input_audio is the style excerpt's source (continuation off), with or without
+    a prompt, with or without double guidance; or, with continuation on, the audio to continue."""
+    style = str(audio_files["style"])
+
+    def audio(**inputs) -> np.ndarray:
+        prediction = server.predict(model_version="style", duration=1, seed=11, **inputs)
+        assert prediction["status"] == "succeeded", (inputs, prediction.get("error"))
+        assert "model_version: style, seed: 11" in prediction["logs"]
+        _, wav, rate = decode(prediction["output"])
+        assert rate == SR and wav.shape == (SR, 1), (inputs, wav.shape)  # the style model is mono
+        assert np.abs(wav).max() > 0
+        return wav
+
+    text = audio(prompt="jazz trio")
+    styled = audio(input_audio=style)
+    both = audio(prompt="jazz trio", input_audio=style)
+    double = audio(prompt="jazz trio", input_audio=style, classifier_free_guidance_beta=5)
+    settings = audio(prompt="jazz trio", input_audio=style, style_excerpt_length=1.5, style_eval_q=6)
+    outputs = [text, styled, both, double, settings]
+    # every input changes the music; the same inputs and seed give the same music (the excerpt included)
+    for i, a in enumerate(outputs):
+        for b in outputs[i + 1 :]:
+            assert not np.array_equal(a, b)
+    np.testing.assert_array_equal(
+        audio(prompt="jazz trio", input_audio=style, classifier_free_guidance_beta=5), double
+    )
+    # beta 1 is plain guidance on [text and style; nothing]
+    np.testing.assert_allclose(
+        audio(prompt="jazz trio", input_audio=style, classifier_free_guidance_beta=1), both, atol=1e-4
+    )
+
+    # continuation on: the style model continues input_audio (sent inline), with no style
+    continued = server.predict(
+        model_version="style",
+        input_audio=data_url(audio_files["tone"]),
+        continuation=True,
+        duration=3,
+        seed=1,
+    )
+    assert continued["status"] == "succeeded", continued.get("error")
+    assert decode(continued["output"])[1].shape == (3 * SR, 1)
+
+
+def test_style_excerpt_is_drawn_from_the_seed_within_the_part_used(server, audio_files):
+    """Greedy decoding, so that only the excerpt depends on the seed: over the whole 6 s file two seeds
+    take two excerpts; with continuation_start / continuation_end leaving exactly 3 s, both take it."""
+
+    def audio(seed: int, **inputs) -> np.ndarray:
+        prediction = server.predict(
+            model_version="style",
+            input_audio=str(audio_files["style"]),
+            duration=1,
+            temperature=0,
+            seed=seed,
+            **inputs,
+        )
+        assert prediction["status"] == "succeeded", prediction.get("error")
+        return decode(prediction["output"])[1]
+
+    assert not np.array_equal(audio(1), audio(2))
+    part = {"continuation_start": 2, "continuation_end": 5}
+    np.testing.assert_array_equal(audio(1, **part), audio(2, **part))
+    assert not np.array_equal(audio(1, **part), audio(1, continuation_start=0, continuation_end=3))
 
 
 def test_seed_is_logged_and_repeats_the_audio(server):
