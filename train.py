@@ -14,7 +14,7 @@ from musicgen.errors import InvalidInputError
 from musicgen.serving import OutputFiles
 from musicgen.training.dataset import DatasetError
 from musicgen.training.loop import TrainSettings
-from musicgen.training.run import MAX_SEGMENT_SECONDS, fine_tune
+from musicgen.training.run import MAX_SEGMENT_SECONDS, check_segment_seconds, fine_tune
 from musicgen.variants import VARIANTS
 
 # Cog's failures to fetch a URL or decode a data URL name the input they were for
@@ -37,7 +37,7 @@ def train(
         description="Your music: a .zip or .tar(.gz) of audio files (wav, mp3, flac, ogg), or one audio file. Caption each file with a .txt of the same name (or audiocraft's .json metadata), or set one_same_description.",
     ),
     model_version: str = Input(
-        description="The model to fine-tune. The result is served with the same model_version.",
+        description="The model to fine-tune. The result is served with the same model_version. style (MusicGen-Style) learns from an excerpt of each segment itself, which is left out of that segment's loss.",
         default="small",
         choices=[
             "small",
@@ -50,6 +50,7 @@ def train(
             "stereo-large",
             "stereo-melody",
             "stereo-melody-large",
+            "style",
         ],
     ),
     method: str = Input(
@@ -87,13 +88,16 @@ def train(
         choices=["cosine", "constant"],
     ),
     condition_dropout: float | None = Input(
-        description="How often a segment trains without its caption (and melody), so classifier-free guidance keeps working. Empty: 0.3, or 0.2 for melody models (as audiocraft).",
+        description="How often a segment trains without its caption (and melody or style), so classifier-free guidance keeps working. Empty: 0.3, 0.2 for melody models, 0.1 for style (which also drops the caption alone and the style alone, 0.4 each), as audiocraft.",
         default=None,
         ge=0,
         le=0.9,
     ),
     segment_seconds: float = Input(
-        description="Audio is cut into segments this long (at most 30 s).", default=30, ge=1, le=30
+        description="Audio is cut into segments this long (at most 30 s; at least 9 s for style).",
+        default=30,
+        ge=1,
+        le=30,
     ),
     validation_split: float = Input(
         description="Share of segments kept aside to report a validation loss each epoch (0: none).",
@@ -129,6 +133,7 @@ def train(
     )
     settings.check()
     segment_seconds = inputs.number("segment_seconds", segment_seconds, 1, MAX_SEGMENT_SECONDS, "seconds")
+    check_segment_seconds(model_version, segment_seconds)  # the style model needs longer segments
     description = inputs.optional_text(
         "one_same_description", one_same_description, inputs.MAX_PROMPT_CHARACTERS
     )

@@ -101,6 +101,10 @@ def test_fallback_caption(tmp_path):
         ({"model_version": "huge"}, "model_version"),
         ({"method": "qlora"}, "method"),
         ({"segment_seconds": 45}, "segment_seconds"),
+        (
+            {"model_version": "style", "segment_seconds": 5},
+            "segment_seconds must be at least 9 for the style",
+        ),
         ({"learning_rate": 2.0}, "learning_rate"),
         ({"epochs": 0}, "epochs"),
         ({"seed": -5}, "seed"),

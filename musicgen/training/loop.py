@@ -3,7 +3,8 @@
 Text encoder and EnCodec stay frozen (their outputs are computed without gradients); the language model
 trains whole (`full`) or through LoRA adapters from `peft` (`lora`). Works on one device, or under
 `torch.distributed` (one process per GPU, or gloo processes on CPU), where each rank takes its share of
-every batch and gradients are averaged.
+every batch and gradients are averaged. MusicGen-Style trains on excerpts of its own segments, with the
+excerpt's frames left out of the loss (`musicgen.training.style` says how and why).
 """
 
 from __future__ import annotations
@@ -48,21 +49,26 @@ class TrainSettings:
     learning_rate: float | None = None  # None: 1e-4 for LoRA, 1e-5 for full fine-tuning
     warmup_steps: int = 10
     lr_scheduler: str = "cosine"  # or "constant"
-    condition_dropout: float | None = None  # None: 0.3 for text models, 0.2 for melody models
+    # None: 0.3 for text models, 0.2 for melody models, 0.1 for the style model (audiocraft's CFG dropout)
+    condition_dropout: float | None = None
     melody_dropout: float = 0.5  # melody models: drop the melody alone this often (audiocraft)
+    # style model: drop the caption alone, and the style excerpt alone, this often (audiocraft's attribute
+    # dropout; condition_dropout then drops both)
+    text_dropout: float = 0.4
+    style_dropout: float = 0.4
     validation_split: float = 0.0
     seed: int = 0
     max_grad_norm: float = 1.0
 
-    def resolved(self, melody: bool) -> TrainSettings:
-        """A copy with the method-dependent defaults filled in."""
+    def resolved(self, melody: bool, style: bool = False) -> TrainSettings:
+        """A copy with the method- and model-dependent defaults filled in."""
         out = TrainSettings(**asdict(self))
         if out.learning_rate is None:
             out.learning_rate = 1e-4 if out.method == "lora" else 1e-5
         if out.lora_alpha is None:
             out.lora_alpha = float(out.lora_rank)
         if out.condition_dropout is None:
-            out.condition_dropout = 0.2 if melody else 0.3
+            out.condition_dropout = 0.1 if style else 0.2 if melody else 0.3
         return out
 
     def check(self) -> None:
@@ -93,18 +99,30 @@ class TrainSettings:
                 0 <= self.validation_split <= 0.45,
                 f"validation_split must be between 0 and 0.45, got {self.validation_split}",
             ),
+            (0 <= self.text_dropout <= 1, f"text_dropout must be between 0 and 1, got {self.text_dropout}"),
+            (
+                0 <= self.style_dropout <= 1,
+                f"style_dropout must be between 0 and 1, got {self.style_dropout}",
+            ),
         ]
         for ok, message in rules:
             if not ok:
                 raise InvalidInputError(message + ".")
 
 
-def training_targets(codes: torch.Tensor, valid: torch.Tensor, delays: list[int], special: int):
+def training_targets(
+    codes: torch.Tensor,
+    valid: torch.Tensor,
+    delays: list[int],
+    special: int,
+    excluded: tuple[torch.Tensor, torch.Tensor] | None = None,
+):
     """Inputs, targets and loss mask for teacher forcing with the delay pattern.
 
-    codes: [B, K, T]; valid: [B] frames of real audio. Returns inputs [B, K, L-1] and targets [B, K, L-1]
-    (the sequence shifted by one) and mask [B, K, L-1]: True where the target is a real frame of real
-    audio (not the special token of the pattern, not a masked tail).
+    codes: [B, K, T]; valid: [B] frames of real audio; excluded: (first [B], count [B]) frames left out of
+    every codebook's loss (a style excerpt's frames, as audiocraft masks them). Returns inputs [B, K, L-1]
+    and targets [B, K, L-1] (the sequence shifted by one) and mask [B, K, L-1]: True where the target is a
+    real frame of real audio (not the special token of the pattern, not a masked tail, not excluded).
     """
     B, K, T = codes.shape
     seq, _ = build_fixed(codes, B, T, delays, special, codes.device)  # [B, K, L]
@@ -115,6 +133,9 @@ def training_targets(codes: torch.Tensor, valid: torch.Tensor, delays: list[int]
         - torch.tensor(delays, device=codes.device)[:, None]
     )
     mask = (frame[None] >= 0) & (frame[None] < valid[:, None, None].to(codes.device))
+    if excluded is not None:
+        first, count = (t.to(codes.device)[:, None, None] for t in excluded)
+        mask &= (frame[None] < first) | (frame[None] >= first + count)
     return inputs, targets, mask
 
 
@@ -151,7 +172,7 @@ class Trainer:
     ):
         settings.check()
         self.model = model
-        self.settings = settings.resolved(model.config.is_melody)
+        self.settings = settings.resolved(model.config.is_melody, model.config.is_style)
         self.base_variant = base_variant
         self.log = log
         self.device = model.device
@@ -217,12 +238,62 @@ class Trainer:
         # encode() runs in inference mode; plain copies may enter a graph that needs gradients
         return states.clone(), mask.clone(), None if chroma is None else chroma.to(self.device)
 
+    def _style_conditions(self, batch: EncodedSet, train: bool):
+        """Style models: (captions with dropout applied, StyleBatch). Training: one random excerpt slot and
+        a random number of codebooks for the whole batch, per-row dropout of caption and style; otherwise
+        slot 0, the model's eval_q codebooks, nothing dropped."""
+        from .style import drop_conditions, style_batch
+
+        s, model = self.settings, self.model
+        if batch.style_codes is None:
+            raise InvalidInputError(
+                "the style model trains on data encoded with its style excerpts (encode_segments / "
+                "encode_dataset with the style model)"
+            )
+        cfg = model.config.style
+        B, slots = batch.style_codes.shape[:2]
+        codebooks = model.style.encoder.codebooks
+        if train:
+            slot = int(torch.randint(slots, (1,), generator=self.generator))
+            n_q = int(torch.randint(1, codebooks.shape[0] + 1, (1,), generator=self.generator))
+            keep_text, keep_style = drop_conditions(
+                B, self.generator, s.condition_dropout, s.text_dropout, s.style_dropout
+            )
+        else:
+            slot, n_q = 0, cfg.eval_q
+            keep_text = keep_style = torch.ones(B, dtype=torch.bool)
+        captions = [c if k else None for c, k in zip(batch.captions, keep_text.tolist(), strict=True)]
+        hop = model.config.sample_rate // model.config.frame_rate
+        style = style_batch(
+            codebooks,
+            batch.style_codes[:, slot],
+            batch.style_starts[:, slot],
+            batch.style_lengths[:, slot],
+            keep_style,
+            n_q,
+            cfg,
+            hop,
+        )
+        return captions, style
+
     def _loss(self, batch: EncodedSet, train: bool) -> tuple[torch.Tensor, int]:
         cfg = self.model.config.lm
         codes = batch.codes.to(self.device)
-        inputs, targets, mask = training_targets(codes, batch.valid.to(self.device), cfg.delays, cfg.card)
-        states, text_mask, chroma = self._conditions(batch.captions, batch.chroma, train)
+        valid = batch.valid.to(self.device)
         autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+        if self.model.config.is_style:
+            captions, style = self._style_conditions(batch, train)
+            excluded = (style.first, style.count)
+            inputs, targets, mask = training_targets(codes, valid, cfg.delays, cfg.card, excluded)
+            states, text_mask = self.model.text.encode(captions)
+            with autocast:
+                # encode() runs in inference mode; plain copies may enter a graph that needs gradients
+                logits = self.module(
+                    inputs, states.clone(), text_mask.clone(), None, style.tokens, style.mask
+                )
+            return masked_cross_entropy(logits, targets, mask), int(mask.sum())
+        inputs, targets, mask = training_targets(codes, valid, cfg.delays, cfg.card)
+        states, text_mask, chroma = self._conditions(batch.captions, batch.chroma, train)
         with autocast:
             logits = self.module(inputs, states, text_mask, chroma)
         return masked_cross_entropy(logits, targets, mask), int(mask.sum())

@@ -1,9 +1,10 @@
 """One call from a dataset to a fine-tuned weights file: the path train.py and the CLI take.
 
-dataset -> checked segments -> EnCodec codes (once, a batch of audio at a time) -> training (in this
-process, or one process per GPU through torchrun when several are visible) -> one safetensors file in the
-format predict.py serves. The temporary files of a run (the extracted dataset, the workers' job) are
-removed when it ends, whether it succeeded or not.
+dataset -> checked segments -> EnCodec codes (once, a batch of audio at a time; for MusicGen-Style also
+its style excerpts, see `musicgen.training.style`) -> training (in this process, or one process per GPU
+through torchrun when several are visible) -> one safetensors file in the format predict.py serves. The
+temporary files of a run (the extracted dataset, the workers' job) are removed when it ends, whether it
+succeeded or not.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from ..variants import find_variant
 from .dataset import prepare_dataset
 from .encode import EncodedSet, encode_dataset
 from .loop import Trainer, TrainSettings
+from .style import MIN_SEGMENT_SECONDS as STYLE_MIN_SEGMENT_SECONDS
+from .style import excerpt_slot_count
 
 MAX_SEGMENT_SECONDS = 30.0  # one window of the model
 MIN_LAST_SECONDS = 5.0
@@ -67,8 +70,7 @@ def fine_tune(
     variant = find_variant(model_version)
     if variant is None:
         raise InvalidInputError(f"model_version {model_version!r} is not a MusicGen variant.")
-    if not 1.0 <= segment_seconds <= MAX_SEGMENT_SECONDS:
-        raise InvalidInputError(f"segment_seconds must be between 1 and 30, got {segment_seconds}.")
+    check_segment_seconds(variant.name, segment_seconds)
     settings.check()
     gpus = torch.cuda.device_count() if gpus is None else gpus
     with _work_folder(work_dir) as work:
@@ -90,6 +92,10 @@ def _fine_tune(
     dataset_path, variant, out_path, settings, segment_seconds, one_same_description, work, device, gpus, log
 ) -> FineTuned:
     """fine_tune's work, in the folder `work` that fine_tune cleans up after it."""
+    # a last piece teaches something from 5 s on; short segments keep their last half or more
+    min_last = min(MIN_LAST_SECONDS, segment_seconds / 2)
+    if variant.style:  # and style segments hold twice the longest excerpt, as whole ones do
+        min_last = STYLE_MIN_SEGMENT_SECONDS
     # Every user mistake (archive, captions, nothing usable) is reported here, before the model loads.
     with prepare_dataset(
         dataset_path,
@@ -97,8 +103,7 @@ def _fine_tune(
         channels=2 if variant.stereo else 1,
         segment_seconds=segment_seconds,
         one_same_description=one_same_description,
-        # a last piece teaches something from 5 s on; short segments keep their last half or more
-        min_last_seconds=min(MIN_LAST_SECONDS, segment_seconds / 2),
+        min_last_seconds=min_last,
     ) as dataset:
         report = dataset.report
         log(report.summary())
@@ -107,7 +112,9 @@ def _fine_tune(
 
         model = MusicGen.load(variant.name, device=device)
         # the audio is read from the extracted files a batch at a time; they are removed right after
-        encoded = encode_dataset(model, dataset)
+        encoded = encode_dataset(
+            model, dataset, style_slots=excerpt_slot_count(settings.epochs), seed=settings.seed
+        )
     train, validation = split(encoded, settings.validation_split, settings.seed)
     log(f"{len(train)} training segments, {len(validation) if validation else 0} for validation")
     training_info = {"model_version": variant.name, "segment_seconds": segment_seconds, **asdict(settings)}
@@ -123,6 +130,21 @@ def _fine_tune(
     tuned = trainer.result(training_info, report.to_dict())
     save_finetuned(Path(out_path), tuned)
     return tuned
+
+
+def check_segment_seconds(model_version: str, segment_seconds: float) -> None:
+    """Refuses a segment length the variant cannot train on: 1 to 30 s, and for the style model at least
+    twice the longest style excerpt (`musicgen.training.style`)."""
+    if not 1.0 <= segment_seconds <= MAX_SEGMENT_SECONDS:
+        raise InvalidInputError(f"segment_seconds must be between 1 and 30, got {segment_seconds}.")
+    variant = find_variant(model_version)
+    if variant is not None and variant.style and segment_seconds < STYLE_MIN_SEGMENT_SECONDS:
+        raise InvalidInputError(
+            f"segment_seconds must be at least {STYLE_MIN_SEGMENT_SECONDS:g} for the style model, got "
+            f"{segment_seconds:g}: each segment's own excerpt (up to {STYLE_MIN_SEGMENT_SECONDS / 2:g} s) "
+            "conditions it and is left out of its loss, so a segment must hold as much music again to "
+            "learn from."
+        )
 
 
 @contextmanager
