@@ -274,13 +274,28 @@ def peek_model(name_or_path: str) -> ModelTraits | None:
     variant = find_variant(str(name_or_path))
     if variant is not None:
         return ModelTraits(variant.melody, variant.stereo, variant.style)
-    config_file = Path(name_or_path) / "config.json"
+    folder = Path(name_or_path)
+    if (folder / "state_dict.bin").is_file() and not (folder / "config.json").is_file():
+        return _peek_audiocraft(folder / "state_dict.bin")
     try:
-        raw = json.loads(config_file.read_text())
+        raw = json.loads((folder / "config.json").read_text())
         return ModelTraits(
             raw["model_type"] == "musicgen_melody", raw["decoder"].get("audio_channels", 1) == 2
         )
     except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _peek_audiocraft(path: Path) -> ModelTraits | None:
+    """ModelTraits from an audiocraft state_dict.bin's xp.cfg; the file is mapped, its tensors not read."""
+    import yaml
+
+    try:
+        pkg = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        xp = yaml.safe_load(pkg["xp.cfg"])
+        conditioner = ((xp.get("conditioners") or {}).get("self_wav") or {}).get("model")
+        return ModelTraits(conditioner == "chroma_stem", xp.get("channels", 1) == 2, conditioner == "style")
+    except Exception:  # unreadable or foreign: loading the checkpoint reports it properly
         return None
 
 

@@ -665,3 +665,22 @@ def test_continuation_with_a_style(tiny_style, monkeypatch):
     cond, known = seen[0]
     assert cond.prefix.shape[0] == 3 and known.shape[-1] == 1 + tp
     assert cond.prefix[0, :15].abs().amax(dim=-1).amin() > 0  # the style prefix precedes the prompt
+
+
+def test_peek_model_reads_what_an_audiocraft_folder_accepts(tiny_style, tiny, tmp_path):
+    """The CLI checks style options before loading: an audiocraft-layout folder says what it takes."""
+    from musicgen.checkpoints.audiocraft_layout import write_audiocraft
+    from musicgen.loading import ModelTraits, peek_model
+
+    folder, _ = tiny_style
+    assert peek_model(str(folder)) == ModelTraits(melody=False, stereo=False, style=True)
+    for kind, traits in [
+        ("melody", ModelTraits(True, False, False)),
+        ("stereo", ModelTraits(False, True, False)),
+    ]:
+        out = tmp_path / kind
+        write_audiocraft(read_checkpoint(tiny.get(kind)[0]), out)
+        assert peek_model(str(out)) == traits
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "state_dict.bin").write_bytes(b"not a torch file")
+    assert peek_model(str(tmp_path / "broken")) is None
