@@ -69,6 +69,26 @@ posix_fadvise DONTNEED on those files only; the Python packages stay cached). A 
 `--baseline TREE` measures another copy of the repository the same way (the same code of this file measures
 both), every other round first, so that a change is measured against what it replaces in the same run.
 
+`--style` measures MusicGen-Style instead (this engine only: transformers has no such model), built in memory
+with random weights of the release's sizes: the `--arch` LM (default medium, as the release) without
+cross-attention, t5-base's encoder, EnCodec 32 kHz, MERT-v1-95M's shape (transformers' HubertConfig: 12
+layers, 768 wide, 7 convolutions of 512 channels) and the style conditioner ('default' transformer: 8 layers,
+512 wide; 6 codebooks of 1024). One fresh process builds it, then measures both sides of a request in each of
+`--rounds` rounds, every other round in reverse order, and the summary gives their medians over rounds:
+
+- `conditioner_s`: the style conditioner on `--batch` excerpts of `--style-excerpt` seconds (default 3), as a
+  request runs it, once: resampling to MERT's 24 kHz, MERT, the style transformer, BatchNorm, every 15th
+  frame, quantization with `--style-eval-q` codebooks; the fastest of `--repeats` calls. Its parts, timed
+  alone: `resample_s`, `mert_s`, `style_encoder_s`. `mert_gflop` / `style_encoder_gflop`: their arithmetic
+  (`mert_flops`, `style_encoder_flops`: matrix products and convolutions, two FLOPs per multiply-add), and
+  `mert_gflops_per_s` what MERT reaches.
+- `steps_per_s` (`step_s`): the decode loop of requests with a style, by the difference method above (the
+  conditioner, T5 and the prefill run in both calls and cancel); the prefix is `style_tokens` + `text_tokens`.
+  `decode_s_per_audio_s`: frame rate / steps_per_s, the decode loop's cost per second of audio.
+  `conditioner_steps`: conditioner_s / step_s, the conditioner's cost in decode steps. `fixed_s`: what a
+  request of 10 steps spends besides those steps (conditioner, T5, prefill, set-up).
+- `bound_steps_per_s`, `bandwidth_gbs`, `step_weights_gb` as above; `peak_rss_mb`, `build_s`.
+
 This module imports only the standard library at the top, so the CLI starts fast and `import_s` is honest.
 """
 
@@ -137,6 +157,26 @@ ENCODEC_32KHZ = dict(
 )
 
 PROMPT = "lo-fi hip hop beat with warm piano and soft drums"  # words the tiny tokenizer knows
+
+# MERT-v1-95M as transformers' HubertConfig (its config.json over MERTConfig's defaults; HuBERT maths)
+MERT_95M = dict(
+    hidden_size=768,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    intermediate_size=3072,
+    hidden_act="gelu",
+    layer_norm_eps=1e-5,
+    conv_dim=(512,) * 7,
+    conv_kernel=(10, 3, 3, 3, 3, 2, 2),
+    conv_stride=(5, 2, 2, 2, 2, 2, 2),
+    conv_bias=False,
+    feat_extract_norm="group",
+    num_conv_pos_embeddings=128,
+    num_conv_pos_embedding_groups=16,
+    do_stable_layer_norm=False,
+    feat_proj_layer_norm=True,
+    mask_time_prob=0.05,
+)
 
 
 class BenchError(MusicGenError):
@@ -973,6 +1013,341 @@ _COLD_COLUMNS = [
 ]
 
 
+# ---- MusicGen-Style (--style) ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class StyleSettings:
+    """What a MusicGen-Style request asks besides `Settings`."""
+
+    excerpt: float = 3.0  # seconds of the style excerpt (the release's default)
+    eval_q: int = 3  # style codebooks used (the release's default)
+    cfg_beta: float | None = None  # double classifier-free guidance (3 rows per clip instead of 2)
+
+
+def make_style_checkpoint(spec: CheckpointSpec, tokenizer_dir: Path):
+    """A `Checkpoint` of MusicGen-Style with random weights (see the module doc); the tiny tokenizer is written
+    to `tokenizer_dir`. arch "tiny": `musicgen.tiny`'s tiny style model."""
+    import torch
+    from transformers import EncodecConfig, EncodecModel, HubertConfig, HubertModel, T5Config, T5EncoderModel
+
+    from .checkpoints import Checkpoint
+    from .config import LMConfig, ModelConfig, StyleConfig
+    from .lm import LanguageModel
+    from .style import StyleEncoder
+    from .tiny import make_tiny_style_checkpoint, make_tokenizer
+
+    if spec.arch == "tiny":
+        tiny = make_tiny_style_checkpoint(spec.seed)
+        for name, data in tiny.tokenizer_files.items():
+            (tokenizer_dir / name).write_bytes(data)
+        return tiny.checkpoint(tokenizer_dir)
+    make_tokenizer().save_pretrained(tokenizer_dir)
+    torch.manual_seed(spec.seed)
+    mert_cfg = HubertConfig(**MERT_95M)
+    style = StyleConfig(mert=mert_cfg.to_dict())  # the release's: 'default' transformer, 6 x 1024 codebooks
+    dim, layers, heads = ARCHS[spec.arch]
+    lm_cfg = LMConfig(
+        dim=dim,
+        num_heads=heads,
+        num_layers=layers,
+        ffn_dim=4 * dim,
+        num_codebooks=4,
+        text_dim=T5_BASE["d_model"],
+        conditioning="style",
+        style_dim=style.dim,
+    )
+    t5 = T5EncoderModel(T5Config(**T5_BASE))
+    codec = EncodecModel(EncodecConfig(**ENCODEC_32KHZ))
+    encoder = StyleEncoder(style).state_dict()
+    encoder["running_var"] += torch.rand(style.dim)
+    encoder["codebooks"] = torch.randn(style.num_quantizers, style.bins, style.dim)
+    return Checkpoint(
+        config=ModelConfig(
+            lm=lm_cfg, text_encoder=t5.config.to_dict(), codec=codec.config.to_dict(), style=style
+        ),
+        lm_state=LanguageModel(lm_cfg).state_dict(),
+        text_encoder_state=t5.state_dict(),
+        codec_state=codec.state_dict(),
+        tokenizer_dir=tokenizer_dir,
+        style_state=encoder,
+        mert_state=HubertModel(mert_cfg).state_dict(),
+        source=f"random {spec.arch} MusicGen-Style",
+    )
+
+
+def mert_flops(config: dict, samples: int) -> int:
+    """FLOPs (two per multiply-add) of one MERT / HuBERT forward over `samples` samples at its rate: the
+    convolution stack, the feature projection, the positional convolution, every layer's attention and
+    feed-forward matrices and the attention itself. Norms, activations and additions are left out: a few
+    FLOPs per value, under 1 % here."""
+    length, channels, flops = samples, 1, 0
+    for out, kernel, stride in zip(
+        config["conv_dim"], config["conv_kernel"], config["conv_stride"], strict=True
+    ):
+        length = (length - kernel) // stride + 1
+        flops += 2 * channels * out * kernel * length
+        channels = out
+    frames, H, I = length, config["hidden_size"], config["intermediate_size"]
+    flops += 2 * frames * channels * H  # feature projection
+    # grouped convolution over time, padded by K // 2 on both sides (an even K gives one frame more)
+    K, groups = config["num_conv_pos_embeddings"], config["num_conv_pos_embedding_groups"]
+    flops += 2 * (frames + 2 * (K // 2) - K + 1) * H * (H // groups) * K
+    per_layer = 2 * frames * (4 * H * H + 2 * H * I) + 4 * frames * frames * H
+    return flops + config["num_hidden_layers"] * per_layer
+
+
+def mert_frames(config: dict, samples: int) -> int:
+    """Frames MERT gives for `samples` samples (its convolution stack)."""
+    for kernel, stride in zip(config["conv_kernel"], config["conv_stride"], strict=True):
+        samples = (samples - kernel) // stride + 1
+    return samples
+
+
+def style_encoder_flops(cfg, frames: int, eval_q: int) -> int:
+    """FLOPs of `musicgen.style.StyleEncoder` (StyleConfig `cfg`) on `frames` MERT frames: the projection,
+    the transformer (matrices and attention) on every frame, then `eval_q` codebook searches on every
+    ds_factor-th frame. BatchNorm and the other per-value work are left out."""
+    D, F = cfg.dim, cfg.ffn_dim
+    flops = 2 * frames * cfg.feature_dim * D
+    flops += cfg.num_layers * (2 * frames * (4 * D * D + 2 * D * F) + 4 * frames * frames * D)
+    tokens = -(-frames // cfg.ds_factor)
+    return flops + eval_q * 2 * tokens * cfg.bins * D
+
+
+def measure_style(
+    spec: CheckpointSpec, settings: Settings, style: StyleSettings, rounds: int, process_start: float
+) -> list[dict[str, Any]]:
+    """Builds MusicGen-Style with random weights and measures its style conditioner and decode loop in each
+    of `rounds` rounds (see the module doc); call it in a fresh process. Returns one record per round."""
+    import resource
+
+    import julius
+    import torch
+
+    from .loading import build_model
+    from .sampling import SamplingParams
+    from .style import excerpt_samples, token_count
+
+    started = _now()
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    t = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tokenizer_dir:
+        model = build_model(make_style_checkpoint(spec, Path(tokenizer_dir)), settings.device)
+    build_s = time.perf_counter() - t
+    cfg, device, B = model.config.style, settings.device, settings.batch
+    conditioner = model.style
+    samples = excerpt_samples(cfg, style.excerpt)
+    gen = torch.Generator().manual_seed(settings.seed)
+    excerpts = 0.1 * torch.randn(B, samples, generator=gen)
+    at_feature_rate = samples * cfg.feature_rate // cfg.sample_rate
+    frames = mert_frames(conditioner.mert.config.to_dict(), at_feature_rate)
+    mert_gflop = mert_flops(conditioner.mert.config.to_dict(), at_feature_rate) * B / 1e9
+    encoder_gflop = style_encoder_flops(cfg, frames, style.eval_q) * B / 1e9
+    sampling = SamplingParams(top_k=settings.top_k, cfg_coef=settings.cfg, cfg_beta=style.cfg_beta)
+    frame_rate, max_delay = model.config.frame_rate, model.config.lm.max_delay
+
+    def request(frames: int) -> float:
+        """One generate call with a style for every clip: conditioner, T5, prefill, frames + max_delay steps."""
+        start = time.perf_counter()
+        model.generate(
+            [settings.prompt] * B,
+            duration=(frames + 0.5) / frame_rate,
+            sampling=sampling,
+            seed=settings.seed,
+            style=[e[None] for e in excerpts],
+            style_excerpt_length=style.excerpt,
+            style_excerpt_start=0.0,
+            style_eval_q=style.eval_q,
+        )
+        _sync(device)
+        return time.perf_counter() - start
+
+    def timed(fn, *args):
+        _sync(device)
+        start = time.perf_counter()
+        out = fn(*args)
+        _sync(device)
+        return time.perf_counter() - start, out
+
+    @torch.inference_mode()
+    def conditioner_side() -> dict[str, float]:
+        """The whole conditioner, then its parts alone; the fastest of `repeats` calls of each."""
+        whole, resample, mert, encoder = [], [], [], []
+        for _ in range(settings.repeats):
+            whole.append(timed(conditioner, excerpts, style.eval_q)[0])
+            wav = excerpts.to(device)
+            seconds, wav = timed(julius.resample_frac, wav, cfg.sample_rate, cfg.feature_rate)
+            resample.append(seconds)
+            seconds, features = timed(lambda w: conditioner.mert(w).last_hidden_state, wav)
+            mert.append(seconds)
+            encoder.append(timed(conditioner.encoder, features, style.eval_q)[0])
+        return {
+            "conditioner_s": min(whole),
+            "resample_s": min(resample),
+            "mert_s": min(mert),
+            "style_encoder_s": min(encoder),
+        }
+
+    def decode_side() -> dict[str, float | None]:
+        """The difference method over whole requests with a style (EnCodec stubbed)."""
+        n1, n2 = SHORT_STEPS, SHORT_STEPS + settings.steps
+        t1s, t2s = [], []
+        for _ in range(settings.repeats):
+            t1s.append(request(n1 - max_delay))
+            t2s.append(request(n2 - max_delay))
+        rate = _rate(n2 - n1, min(t2s) - min(t1s))
+        return {
+            "steps_per_s": rate,
+            "steps_per_s_runs": [_rate(n2 - n1, b - a) for a, b in zip(t1s, t2s, strict=True)],
+            "fixed_s": None if rate is None else min(t1s) - n1 / rate,
+        }
+
+    text_tokens = len(model.text.tokenizer(settings.prompt)["input_ids"])
+    style_tokens = token_count(cfg, samples)
+    step_gb = step_weights_style(model.config.lm) * _bytes_per_weight("musicgen", device) / 1e9
+    common = {
+        "impl": "musicgen",
+        "model": "style",
+        "arch": spec.arch,
+        "batch": B,
+        "excerpt_s": style.excerpt,
+        "eval_q": style.eval_q,
+        "cfg": settings.cfg,
+        "cfg_beta": style.cfg_beta,
+        "top_k": settings.top_k,
+        "style_tokens": style_tokens,
+        "text_tokens": text_tokens,
+        "prefix_tokens": style_tokens + text_tokens,
+        "mert_frames": frames,
+        "mert_params_m": round(sum(p.numel() for p in conditioner.mert.parameters()) / 1e6, 1),
+        "style_encoder_params_m": round(
+            sum(t.numel() for t in [*conditioner.encoder.parameters(), *conditioner.encoder.buffers()]) / 1e6,
+            1,
+        ),
+        "lm_params_m": round(sum(p.numel() for p in model.lm.parameters()) / 1e6, 1),
+        "mert_gflop": round(mert_gflop, 3),
+        "style_encoder_gflop": round(encoder_gflop, 3),
+        "step_weights_gb": round(step_gb, 3),
+        "steps": settings.steps,
+        "repeats": settings.repeats,
+        "build_s": round(build_s, 2),
+        "import_and_build_s": round(time.perf_counter() - process_start, 2),
+        "device": device,
+        "torch_threads": torch.get_num_threads(),
+    }
+    records = []
+    with _stub_decode(model.codec.model):
+        request(SHORT_STEPS - max_delay)  # warm-up of both sides
+        conditioner(excerpts, style.eval_q)
+        for r in range(rounds):
+            loadavg = os.getloadavg()[0]
+            sides = [conditioner_side, decode_side]
+            measured: dict[str, Any] = {}
+            for side in sides if r % 2 == 0 else sides[::-1]:  # drift favours neither side
+                measured.update(side())
+            bandwidth = read_bandwidth_gbs(device)
+            rate = measured["steps_per_s"]
+            record = {**common, "round": r + 1, **measured, "bandwidth_gbs": bandwidth}
+            record["bound_steps_per_s"] = round(bandwidth / step_gb, 2)
+            if rate:
+                record["step_s"] = 1 / rate
+                record["decode_s_per_audio_s"] = frame_rate / rate
+                record["conditioner_steps"] = measured["conditioner_s"] * rate
+            record["mert_gflops_per_s"] = mert_gflop / measured["mert_s"]
+            record["style_encoder_gflops_per_s"] = encoder_gflop / measured["style_encoder_s"]
+            for key, value in record.items():
+                if isinstance(value, float) and key not in ("excerpt_s", "cfg", "cfg_beta"):
+                    record[key] = round(value, 4)
+            record["peak_rss_mb"] = round(_peak_rss_mb(resource), 1)
+            record["loadavg_1m_at_start"] = round(loadavg, 2)
+            records.append(record)
+            _log(
+                f"round {r + 1} of {rounds}: conditioner {record['conditioner_s']} s (MERT {record['mert_s']} s), "
+                f"decode step {record.get('step_s')} s, load average {record['loadavg_1m_at_start']}"
+            )
+    for record in records:
+        record.update(started=started, finished=_now())
+    return records
+
+
+def step_weights_style(lm) -> int:
+    """Weights a decode step of a style LM (no cross-attention; LMConfig `lm`) reads if it reads each matrix
+    once: self-attention and feed-forward matrices of every layer, and the output heads."""
+    layers = lm.num_layers * (4 * lm.dim * lm.dim + 2 * lm.dim * lm.ffn_dim)
+    return layers + lm.num_codebooks * lm.card * lm.dim
+
+
+def run_style_bench(
+    spec: CheckpointSpec, settings: Settings, style: StyleSettings, rounds: int = 1
+) -> list[dict[str, Any]]:
+    """MusicGen-Style's conditioner and decode loop, `rounds` rounds in one fresh process (see the module
+    doc); one record per round."""
+    _log(f"building a random {spec.arch} MusicGen-Style model and measuring it, {rounds} round(s) ...")
+    job = {
+        "task": "style",
+        "spec": asdict(spec),
+        "settings": asdict(settings),
+        "style": asdict(style),
+        "rounds": rounds,
+    }
+    return _run_child(job)
+
+
+# the figures whose median over rounds the style summary gives
+STYLE_SUMMARY = (
+    "conditioner_s",
+    "resample_s",
+    "mert_s",
+    "style_encoder_s",
+    "step_s",
+    "steps_per_s",
+    "decode_s_per_audio_s",
+    "conditioner_steps",
+    "fixed_s",
+    "mert_gflops_per_s",
+    "bandwidth_gbs",
+    "bound_steps_per_s",
+)
+
+
+def summarize_style(records: list[dict[str, Any]]) -> list[str]:
+    """The median over rounds of each figure of STYLE_SUMMARY, and a sentence putting the two sides together."""
+    medians = {}
+    for key in STYLE_SUMMARY:
+        values = [r[key] for r in records if r.get(key) is not None]
+        if values:
+            medians[key] = statistics.median(values)
+    lines = [f"medians of {len(records)} round(s): " + ", ".join(f"{k} {v:.4g}" for k, v in medians.items())]
+    if "step_s" in medians:
+        first = records[0]
+        lines.append(
+            f"per request the style conditioner ({first['excerpt_s']} s excerpt, {first['batch']} clip(s)) costs "
+            f"{medians['conditioner_s']:.3f} s, once = {medians['conditioner_steps']:.1f} decode steps of "
+            f"{medians['step_s']:.3f} s; the decode loop costs {medians['decode_s_per_audio_s']:.2f} s per "
+            "second of audio"
+        )
+    return lines
+
+
+_STYLE_COLUMNS = [
+    ("round", "round", "{}"),
+    ("arch", "arch", "{}"),
+    ("batch", "batch", "{}"),
+    ("excerpt_s", "excerpt s", "{:.1f}"),
+    ("prefix_tokens", "prefix tokens", "{}"),
+    ("conditioner_s", "conditioner s", "{:.3f}"),
+    ("mert_s", "MERT s", "{:.3f}"),
+    ("style_encoder_s", "style enc. s", "{:.3f}"),
+    ("mert_gflops_per_s", "MERT GFLOP/s", "{:.1f}"),
+    ("step_s", "step s", "{:.4f}"),
+    ("decode_s_per_audio_s", "decode s per audio s", "{:.2f}"),
+    ("conditioner_steps", "conditioner in steps", "{:.1f}"),
+    ("bound_steps_per_s", "bound steps/s", "{:.2f}"),
+    ("bandwidth_gbs", "GB/s", "{:.1f}"),
+    ("torch_threads", "threads", "{}"),
+]
+
+
 # ---- child processes ------------------------------------------------------------------------------
 _CHILD = (
     "import time\n_t0 = time.perf_counter()\nimport sys\nsys.path.insert(0, {root!r})\n"
@@ -1016,6 +1391,10 @@ def child_main(job_json: str, process_start: float) -> None:
     if job["task"] == "build":
         build_checkpoint(CheckpointSpec(**job["spec"]), Path(job["folder"]))
         result = None
+    elif job["task"] == "style":
+        style = StyleSettings(**job["style"])
+        spec, settings = CheckpointSpec(**job["spec"]), Settings(**job["settings"])
+        result = measure_style(spec, settings, style, job["rounds"], process_start)
     else:
         result = measure(job["impl"], Path(job["folder"]), Settings(**job["settings"]), process_start)
     print(_RESULT + json.dumps(result), flush=True)
@@ -1142,13 +1521,30 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options of `python -m musicgen bench`."""
     p.add_argument(
         "--arch",
-        default="small",
         choices=list(ARCHS),
         metavar="{small,medium,large}",
-        help="language-model size of the published models (default small)",
+        help="language-model size of the published models (default small; medium with --style)",
     )
     p.add_argument("--stereo", action="store_true", help="8 codebooks, 2 audio channels")
     p.add_argument("--melody", action="store_true", help="melody architecture (conditioning prepended)")
+    style = p.add_argument_group("MusicGen-Style (--style)")
+    style.add_argument(
+        "--style",
+        action="store_true",
+        help="measure MusicGen-Style (this engine only): the style conditioner's cost per request (MERT-v1-95M, "
+        "style transformer, quantizer) next to the decode loop of requests with a style, in one process, "
+        "--rounds rounds, medians at the end",
+    )
+    style.add_argument(
+        "--style-excerpt",
+        type=float,
+        default=3.0,
+        help="seconds of the style excerpt (default 3, 1.5 to 4.5)",
+    )
+    style.add_argument("--style-eval-q", type=int, default=3, help="style codebooks used (default 3, 1 to 6)")
+    style.add_argument(
+        "--cfg-beta", type=float, help="double classifier-free guidance (3 rows per clip); default: ordinary"
+    )
     p.add_argument(
         "--impl", action="append", choices=list(IMPLS), help=f"repeatable; default: all ({', '.join(IMPLS)})"
     )
@@ -1203,7 +1599,8 @@ def run_cli(args: argparse.Namespace) -> int:
         raise InvalidInputError("--seconds must be positive.")
     if args.threads is not None and args.threads < 1:
         raise InvalidInputError("--threads must be at least 1.")
-    spec = CheckpointSpec(args.arch, args.stereo, args.melody, args.seed)
+    arch = args.arch or ("medium" if args.style else "small")
+    spec = CheckpointSpec(arch, args.stereo, args.melody, args.seed)
     settings = Settings(
         batch=args.batch,
         steps=args.steps,
@@ -1220,6 +1617,8 @@ def run_cli(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(record), flush=True)
 
+    if args.style:
+        return _style_cli(args, spec, settings, emit)
     if args.cold_start:
         return _cold_start_cli(args, spec, settings, emit)
     if args.baseline is not None:
@@ -1267,3 +1666,51 @@ def _cold_start_cli(args: argparse.Namespace, spec: CheckpointSpec, settings: Se
             if "error" in r:
                 print(f"{r['impl']}: {r['error']}")
     return 1 if any("error" in r for r in records) else 0
+
+
+def _style_cli(args: argparse.Namespace, spec: CheckpointSpec, settings: Settings, emit) -> int:
+    from .errors import InvalidInputError
+    from .style import MAX_EVAL_Q
+
+    others = [
+        name
+        for name, given in [
+            ("--stereo", args.stereo),
+            ("--melody", args.melody),
+            ("--cold-start", args.cold_start),
+            ("--baseline", args.baseline is not None),
+            ("--cache", args.cache is not None),
+            ("--impl", args.impl is not None and args.impl != ["musicgen"]),
+        ]
+        if given
+    ]
+    if others:
+        raise InvalidInputError(
+            f"--style measures this engine's MusicGen-Style (mono, built in memory); it does not take {', '.join(others)}."
+        )
+    if not 1.5 <= args.style_excerpt <= 4.5:
+        raise InvalidInputError(
+            "--style-excerpt must be between 1.5 and 4.5 s (the lengths the model takes)."
+        )
+    if not 1 <= args.style_eval_q <= MAX_EVAL_Q:
+        raise InvalidInputError(f"--style-eval-q must be from 1 to {MAX_EVAL_Q}.")
+    style = StyleSettings(args.style_excerpt, args.style_eval_q, args.cfg_beta)
+    records = run_style_bench(spec, settings, style, args.rounds)
+    for record in records:
+        emit(record)
+    if not args.json:
+        first = records[0]
+        print(
+            f"MusicGen-Style, {spec.arch} LM ({first['lm_params_m']}M parameters, no cross-attention), MERT "
+            f"{first['mert_params_m']}M, style encoder {first['style_encoder_params_m']}M; batch {settings.batch}, "
+            f"{style.excerpt} s excerpts ({first['style_tokens']} style + {first['text_tokens']} text tokens), "
+            f"eval_q {style.eval_q}, CFG {settings.cfg}"
+            + (f", cfg_beta {style.cfg_beta}" if style.cfg_beta is not None else "")
+            + f", top-k {settings.top_k}, {settings.device}; steps/s over {settings.steps} steps, best of "
+            f"{settings.repeats} per round; MERT {first['mert_gflop']} GFLOP, style encoder "
+            f"{first['style_encoder_gflop']} GFLOP per request"
+        )
+        print(format_table(records, _STYLE_COLUMNS))
+        for line in summarize_style(records):
+            print(line)
+    return 0

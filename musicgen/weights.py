@@ -10,9 +10,11 @@ A model name is looked for, in this order:
 
 Layout under `weights_dir()`:
 
-- `<variant name>/` — a published MusicGen model, transformers layout (`small/`, `stereo-melody-large/`, ...);
-- `hub/<owner>--<name>/` — any other Hub repo: a MusicGen fine-tune, or a sub-model (text encoder, codec)
-  that an audiocraft-layout checkpoint names instead of bundling.
+- `<variant name>/` — a published MusicGen model, transformers layout (`small/`, `stereo-melody-large/`, ...),
+  or audiocraft's layout (`state_dict.bin` + `compression_state_dict.bin`) for a variant whose Hub repo
+  holds nothing else (`style/`, MusicGen-Style);
+- `hub/<owner>--<name>/` — any other Hub repo: a MusicGen fine-tune, or a sub-model (text encoder, codec,
+  MusicGen-Style's MERT) that an audiocraft-layout checkpoint names instead of bundling (`named_submodels`).
 
 A folder is complete or absent: downloads land in a hidden sibling folder that is renamed into place only once
 every file has arrived, so an interrupted download never looks like a checkpoint.
@@ -65,8 +67,13 @@ MUSICGEN_FILES = (
     *_TOKENIZER_FILES,
 )
 
-# Sub-models (T5, EnCodec). Pickled weights are listed because some repos have nothing else;
-# `download` drops them whenever the repo also has safetensors.
+# audiocraft's layout: two exported torch files (tensors and a YAML string, read with torch's weights-only
+# unpickler). What the facebook/musicgen-style repo holds, and nothing else: no config.json.
+AUDIOCRAFT_FILES = ("state_dict.bin", "compression_state_dict.bin")
+
+# Sub-models (T5, EnCodec, MERT). Pickled weights are listed because some repos have nothing else (MERT's
+# pytorch_model.bin, read with the weights-only unpickler); `download` drops them whenever the repo also has
+# safetensors. Code files (MERT's remote-code *.py) and other exports (*.pt, *.h5, onnx/) are never fetched.
 PRETRAINED_FILES = (
     "config.json",
     "preprocessor_config.json",
@@ -118,12 +125,13 @@ def resolve_model(name_or_path: str, download: bool = True, hf_cache: bool = Tru
     `name_or_path` is one of:
     - an existing folder holding a checkpoint (transformers or audiocraft layout), returned as is;
     - a variant name (`small`, `stereo-melody-large`, ...) or its Hub id (`facebook/musicgen-small`):
-      `weights_dir()/<variant name>`;
+      `weights_dir()/<variant name>`; a variant whose repo has no transformers layout (`style`) is fetched
+      in audiocraft's (`AUDIOCRAFT_FILES`), and its sub-models are fetched when loading (`named_submodels`);
     - another Hub id `owner/name` (a transformers-layout fine-tune): `weights_dir()/hub/<owner>--<name>`.
 
     When the folder for a name holds no checkpoint, the snapshot of the repo in the Hugging Face cache
     (`hf_cache_dir()`) is returned if it holds a whole checkpoint (and `hf_cache` is true). Otherwise the
-    transformers layout is downloaded from the Hub into the folder, only if `download` is true and
+    checkpoint is downloaded from the Hub into the folder, only if `download` is true and
     HF_HUB_OFFLINE is not set. Raises `WeightsNotFoundError`, naming where it looked, when that is not allowed
     or fails, and `CheckpointError` for a folder without a checkpoint or a name that is neither.
     """
@@ -135,11 +143,17 @@ def resolve_model(name_or_path: str, download: bool = True, hf_cache: bool = Tru
     variant = find_variant(name_or_path)
     if variant is not None:
         dest = weights_dir() / variant.name
+        if variant.audiocraft_only:
+            # the repo's only checkpoint: the cache holds these two files when audiocraft fetched them
+            patterns, lacks, required = AUDIOCRAFT_FILES, _audiocraft_lacks, AUDIOCRAFT_FILES
+        else:
+            patterns, lacks, required = MUSICGEN_FILES, _musicgen_lacks, ("config.json",)
         return _find_or_download(
             variant.hub_id,
             dest,
-            MUSICGEN_FILES,
-            _musicgen_lacks,
+            patterns,
+            lacks,
+            required=required,
             download_allowed=download,
             hf_cache=hf_cache,
             label=variant.name,
@@ -173,7 +187,9 @@ def resolve_pretrained(name: str, hf_cache: bool = True) -> Path:
     """The folder holding the sub-model `name` (a Hub id or a folder), downloading it when needed.
 
     Used for the parts an audiocraft-layout checkpoint refers to by name: the T5 text encoder (`t5-base`,
-    `google-t5/t5-base`) and the codec (`facebook/encodec_32khz`). An existing folder is returned as is;
+    `google-t5/t5-base`), the codec (`facebook/encodec_32khz`) and MusicGen-Style's MERT
+    (`m-a-p/MERT-v1-95M`: its config.json and pytorch_model.bin; the remote-code *.py files are never
+    fetched, nor run). An existing folder is returned as is;
     otherwise `weights_dir()/hub/<name with / replaced by -->` when it is there, else the snapshot in the
     Hugging Face cache when it holds config, weights and, for T5, tokenizer files (and `hf_cache` is true),
     else `weights_dir()/hub/...` after downloading it (unless HF_HUB_OFFLINE is set). Raises
@@ -200,10 +216,70 @@ def resolve_pretrained(name: str, hf_cache: bool = True) -> Path:
     )
 
 
-def download(hub_id: str, dest: Path, allow_patterns: Iterable[str]) -> Path:
+def named_submodels(folder: Path) -> list[str]:
+    """The sub-models the checkpoint in `folder` names instead of bundling: what loading it fetches with
+    `resolve_pretrained`, so what must be fetched beforehand for it to load offline.
+
+    The transformers layout bundles T5 and EnCodec: []. audiocraft's layout names, in this order: the T5 of
+    its xp.cfg unless `text_encoder/` bundles its weights and tokenizer; the codec of a pointer
+    `compression_state_dict.bin` (a whole EnCodec there needs none); MusicGen-Style's MERT unless `mert/`
+    bundles it. Only the configs are read: the exported files are memory-mapped by torch's weights-only
+    unpickler, their tensors never read. Raises `CheckpointError` for a file the checkpoint reader refuses.
+    """
+    folder = Path(folder)
+    if detect_layout(folder) != "audiocraft":
+        return []
+    from .checkpoints.audiocraft_layout import CODEC_FILE, LM_FILE, MERT_DIR, TEXT_ENCODER_DIR, _xp_cfg_of
+    from .checkpoints.audiocraft_lm import _lm_config_from_xp
+    from .checkpoints.audiocraft_xpcfg import _XpCfg
+
+    lm_path = folder / LM_FILE
+    xp = _XpCfg(_xp_cfg_of(_exported(lm_path, "export_lm"), lm_path), lm_path)
+    _, _, style, t5_name, _ = _lm_config_from_xp(xp)  # the same reading of xp.cfg as the checkpoint reader's
+    names = []
+    text_encoder = folder / TEXT_ENCODER_DIR
+    # the checkpoint reader takes T5 from text_encoder/ when it holds a config, and the tokenizer when it
+    # holds tokenizer files; whatever it lacks comes by name
+    bundled_t5 = (text_encoder / "config.json").is_file() and any(
+        (text_encoder / f).is_file() for f in _T5_TOKENIZER_FILES
+    )
+    if not bundled_t5:
+        names.append(t5_name)
+    codec = _exported(folder / CODEC_FILE, "export_encodec")
+    if "pretrained" in codec:
+        if not isinstance(codec["pretrained"], str) or not codec["pretrained"]:
+            raise CheckpointError(
+                f"{folder / CODEC_FILE}: 'pretrained' is {codec['pretrained']!r}, expected the name of a "
+                "compression model"
+            )
+        names.append(codec["pretrained"])
+    if style is not None and not (folder / MERT_DIR).is_dir():
+        names.append(style.mert_name)
+    return list(dict.fromkeys(names))
+
+
+def _exported(path: Path, export_fn: str) -> dict:
+    """An exported audiocraft file, its tensors memory-mapped and never read (musicgen-style's state_dict.bin
+    is 2.8 GB): only its config and names are wanted here."""
+    import torch
+
+    from .checkpoints.audiocraft_layout import _load_exported
+
+    try:
+        pkg = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # torch maps only its zip format; the reader's own load reads the rest, or says why not
+        pkg = None
+    return pkg if isinstance(pkg, dict) else _load_exported(path, export_fn)
+
+
+def download(
+    hub_id: str, dest: Path, allow_patterns: Iterable[str], required: Iterable[str] = ("config.json",)
+) -> Path:
     """Download the top-level files of Hub repo `hub_id` matching `allow_patterns` into `dest`; return `dest`.
 
-    Pickled weights (`*.bin`) are skipped when the repo also has safetensors. Files land in a temporary
+    The repo must have every file of `required` (config.json: the transformers layout; `AUDIOCRAFT_FILES`:
+    audiocraft's), else nothing is fetched. Pickled weights (`*.bin`) are skipped when the repo also has
+    safetensors, unless `required` names them. Files land in a temporary
     sibling of `dest` that becomes `dest` only once complete; on any failure or interruption it is removed, so
     no partial folder remains. The Hub is `$HF_ENDPOINT`, and HF_HUB_OFFLINE=1 forbids any request (both read
     at call time). Raises `WeightsNotFoundError` naming the repo and the reason when the Hub is off, the repo
@@ -225,10 +301,17 @@ def download(hub_id: str, dest: Path, allow_patterns: Iterable[str]) -> Path:
         raise WeightsNotFoundError(
             f"Could not reach {hub_id} on the Hub at {shown_endpoint}: {_short(err)}."
         ) from err
-    files = _select_files([s.rfilename for s in info.siblings or []], allow_patterns)
-    if "config.json" not in files:
+    required = list(required)
+    files = _select_files([s.rfilename for s in info.siblings or []], allow_patterns, keep=required)
+    absent = [f for f in required if f not in files]
+    if absent:
+        layout = (
+            f"audiocraft's layout ({' + '.join(AUDIOCRAFT_FILES)})"
+            if "state_dict.bin" in required
+            else "the transformers layout"
+        )
         raise WeightsNotFoundError(
-            f"The Hub repo {hub_id} has no config.json, so it holds no checkpoint in the transformers layout."
+            f"The Hub repo {hub_id} has no {' and no '.join(absent)}, so it holds no checkpoint in {layout}."
         )
 
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -271,12 +354,13 @@ def _find_or_download(
     patterns: Iterable[str],
     lacks: Callable[[Path], str | None],
     *,
+    required: Iterable[str] = ("config.json",),
     download_allowed: bool,
     hf_cache: bool,
     label: str,
     option: str = "",
 ) -> Path:
-    # every Hub model repo has a config.json, and `download` puts it in place last
+    # `download` puts the file that makes a checkpoint (config.json, or audiocraft's state_dict.bin) last
     if dest.is_dir() and detect_layout(dest) is not None:
         return dest
     where = f"not in {dest}"
@@ -305,7 +389,7 @@ def _find_or_download(
             f"The weights of {what} are {where}, and downloading is turned off. Fetch them with `{command}`."
         )
     try:
-        return download(hub_id, dest, patterns)
+        return download(hub_id, dest, patterns, required)
     except WeightsNotFoundError as err:
         raise WeightsNotFoundError(
             f"The weights of {what} are {where}, and could not be downloaded. {err} "
@@ -360,6 +444,12 @@ def _musicgen_lacks(folder: Path) -> str | None:
     return f"a checkpoint ({_EXPECTED_CHECKPOINT})"
 
 
+def _audiocraft_lacks(folder: Path) -> str | None:
+    """What `folder` lacks to be an audiocraft-layout checkpoint (both exported files); None when nothing."""
+    missing = [f for f in AUDIOCRAFT_FILES if not (folder / f).is_file()]
+    return " and ".join(missing) if missing else None
+
+
 def _submodel_lacks(folder: Path) -> str | None:
     """What `folder` lacks for transformers' `from_pretrained` (and, for T5, its tokenizer); None when nothing."""
     try:
@@ -411,12 +501,12 @@ def _looks_like_path(text: str) -> bool:
     return text.startswith((".", "~")) or "/" in text or os.sep in text
 
 
-def _select_files(repo_files: Iterable[str], patterns: Iterable[str]) -> list[str]:
-    patterns = list(patterns)
+def _select_files(repo_files: Iterable[str], patterns: Iterable[str], keep: Iterable[str] = ()) -> list[str]:
+    patterns, keep = list(patterns), set(keep)
     # only the repo's top level: fnmatch's `*` also matches "/", which would pull in e.g. onnx/ exports
     chosen = [f for f in repo_files if "/" not in f and any(fnmatch(f, p) for p in patterns)]
     if any(f.endswith(".safetensors") for f in chosen):
-        chosen = [f for f in chosen if not f.endswith((".bin", ".bin.index.json"))]
+        chosen = [f for f in chosen if f in keep or not f.endswith((".bin", ".bin.index.json"))]
     return sorted(chosen)
 
 
@@ -436,9 +526,9 @@ def _move_into_place(tmp: Path, dest: Path) -> None:
                 raise
             shutil.rmtree(tmp)
         return
-    # `dest` holds other files but no checkpoint: add ours, config.json last, because its presence is what
-    # makes `detect_layout` see a checkpoint.
-    for item in sorted(tmp.iterdir(), key=lambda p: p.name == "config.json"):
+    # `dest` holds other files but no checkpoint: add ours, config.json (or state_dict.bin) last, because its
+    # presence is what makes `detect_layout` see a checkpoint.
+    for item in sorted(tmp.iterdir(), key=lambda p: p.name in ("config.json", "state_dict.bin")):
         os.replace(item, dest / item.name)
     tmp.rmdir()
 

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from musicgen import bench
 from musicgen.cli import main
@@ -250,3 +251,125 @@ def test_cold_start_options_are_checked_first(capsys, monkeypatch, tmp_path):
     monkeypatch.setattr(bench, "run_bench", lambda *a, **k: pytest.fail("ran"))
     assert main(["bench", "--arch", "tiny", "--baseline", str(tmp_path)]) == 2
     assert "--cold-start" in capsys.readouterr().err
+
+
+# ---- MusicGen-Style (--style) -----------------------------------------------------------------------
+STYLE_POSITIVE = (
+    "conditioner_s",
+    "resample_s",
+    "mert_s",
+    "style_encoder_s",
+    "steps_per_s",
+    "step_s",
+    "decode_s_per_audio_s",
+    "conditioner_steps",
+    "mert_gflop",
+    "style_encoder_gflop",
+    "mert_gflops_per_s",
+    "bandwidth_gbs",
+    "bound_steps_per_s",
+    "peak_rss_mb",
+    "build_s",
+)
+
+
+def test_style_measures_the_conditioner_next_to_the_decode_loop(capsys):
+    """Two real rounds of the tiny style model in one process: every figure there, positive and consistent
+    with the others; a 3 s excerpt gives MERT's 224 frames and 15 style tokens."""
+    from musicgen.tiny import tiny_mert_config
+
+    args = ["bench", "--style", "--arch", "tiny", "--json", "--rounds", "2"]
+    assert main([*args, "--steps", "40", "--repeats", "2", "--threads", "1"]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.strip()]
+    assert [(r["round"], r["model"], r["arch"]) for r in records] == [
+        (1, "style", "tiny"),
+        (2, "style", "tiny"),
+    ]
+    for r in records:
+        for field in STYLE_POSITIVE:
+            assert isinstance(r[field], (int, float)) and r[field] > 0, (field, r[field])
+        assert r["mert_frames"] == 224 and r["style_tokens"] == 15
+        assert r["prefix_tokens"] == 15 + r["text_tokens"] and r["text_tokens"] > 1
+        assert r["excerpt_s"] == 3.0 and r["eval_q"] == 3 and r["batch"] == 1 and r["torch_threads"] == 1
+        assert r["decode_s_per_audio_s"] == pytest.approx(50 / r["steps_per_s"], rel=1e-3)
+        assert r["conditioner_steps"] == pytest.approx(r["conditioner_s"] * r["steps_per_s"], rel=1e-2)
+        assert r["mert_gflop"] == round(bench.mert_flops(tiny_mert_config(), 72000) / 1e9, 3)
+    assert records[0]["started"] == records[1]["started"]  # one process measured both rounds
+
+    summary = bench.summarize_style(records)
+    assert summary[0].startswith("medians of 2 round(s): conditioner_s ")
+    assert "decode steps of" in summary[1] and "per second of audio" in summary[1]
+    table = bench.format_table(records, bench._STYLE_COLUMNS)
+    assert "conditioner s" in table and "decode s per audio s" in table
+
+
+def test_style_flop_counts_match_torch_flop_counter():
+    """mert_flops / style_encoder_flops against torch's own count of the matrix products and convolutions
+    (attention by the math kernel, which the counter sees), on small MERT and style encoders: odd lengths,
+    an even and an odd positional kernel, batch 2."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+    from transformers import HubertConfig, HubertModel
+
+    from musicgen.config import StyleConfig
+    from musicgen.style import StyleEncoder, token_count
+    from musicgen.tiny import tiny_mert_config
+
+    def counted(module, *args) -> int:
+        # no_grad, not inference_mode: the counter cannot read a weight-norm parametrization in inference mode
+        with FlopCounterMode(display=False) as counter, torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
+            module(*args)
+        return counter.get_total_flops()
+
+    for changes, samples in [({}, 12000), ({"num_conv_pos_embeddings": 15, "num_hidden_layers": 2}, 16001)]:
+        config = {**tiny_mert_config(), **changes}
+        mert = HubertModel(HubertConfig(**{k: v for k, v in config.items() if k != "model_type"})).eval()
+        assert counted(mert, torch.randn(2, samples)) == 2 * bench.mert_flops(config, samples)
+    style = StyleConfig(dim=64, num_heads=4, num_layers=2, ffn_dim=128, bins=32)
+    for frames, eval_q in [(224, 3), (100, 6)]:
+        assert counted(StyleEncoder(style).eval(), torch.randn(2, frames, 768), eval_q) == (
+            2 * bench.style_encoder_flops(style, frames, eval_q)
+        )
+    # the release on a 3 s excerpt: 96000 samples at 32 kHz, 72000 at MERT's 24 kHz, 224 frames, 15 tokens
+    assert bench.mert_frames(bench.MERT_95M, 72000) == 224 and token_count(StyleConfig(), 96000) == 15
+    assert 60e9 < bench.mert_flops(bench.MERT_95M, 72000) < 70e9
+
+
+def test_style_step_weights_count_what_a_decode_step_reads():
+    from musicgen.config import LMConfig
+    from musicgen.lm import LanguageModel
+
+    cfg = LMConfig(dim=32, num_heads=4, num_layers=2, ffn_dim=128, num_codebooks=4, conditioning="style")
+    lm = LanguageModel(cfg)
+    read = sum(p.numel() for n, p in lm.named_parameters() if n.endswith("weight") and p.dim() == 2)
+    read -= lm.embed.weight.numel() + lm.text_proj.weight.numel() + lm.style_proj.weight.numel()
+    assert not any("cross" in n for n, _ in lm.named_parameters())
+    assert bench.step_weights_style(cfg) == read
+
+
+def test_style_options(capsys, monkeypatch):
+    calls = []
+    monkeypatch.setattr(
+        bench, "run_style_bench", lambda spec, settings, style, rounds: calls.append((spec, style)) or []
+    )
+    monkeypatch.setattr(bench, "run_bench", lambda spec, *a, **k: calls.append((spec, None)) or [])
+    monkeypatch.setattr(bench, "format_table", lambda *a: "")
+    monkeypatch.setattr(bench, "summarize_style", lambda records: [])
+    monkeypatch.setattr(bench, "summarize_rounds", lambda records: [])
+    assert main(["bench", "--style", "--json", "--style-excerpt", "4.5", "--cfg-beta", "5"]) == 0
+    assert main(["bench", "--json"]) == 0
+    # the release's LM is medium; without --style the default stays small
+    assert [(spec.arch, style) for spec, style in calls] == [
+        ("medium", bench.StyleSettings(4.5, 3, 5.0)),
+        ("small", None),
+    ]
+    for bad, named in [
+        (["--stereo"], "--stereo"),
+        (["--cold-start"], "--cold-start"),
+        (["--impl", "transformers"], "--impl"),
+        (["--style-excerpt", "5"], "--style-excerpt"),
+        (["--style-eval-q", "7"], "--style-eval-q"),
+    ]:
+        assert main(["bench", "--style", *bad]) == 2
+        assert named in capsys.readouterr().err
+    assert len(calls) == 2

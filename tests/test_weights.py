@@ -30,9 +30,9 @@ import pytest
 
 from musicgen import MusicGen, weights
 from musicgen.errors import CheckpointError, WeightsNotFoundError
-from musicgen.tiny import save_tiny_model
+from musicgen.tiny import save_tiny_model, save_tiny_style_model
 from musicgen.variants import VARIANTS
-from musicgen.weights import hf_cache_dir, resolve_model, resolve_pretrained, weights_dir
+from musicgen.weights import hf_cache_dir, named_submodels, resolve_model, resolve_pretrained, weights_dir
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -76,6 +76,24 @@ REPOS = {
         "preprocessor_config.json": b"{}",
     },
     "someone/no-config": {"README.md": b"nothing to see", "state_dict.bin": b"lm"},
+    # MusicGen-Style: audiocraft's layout and nothing else (no config.json); the tests that load it put a
+    # tiny real model in these repos (`tiny_style_repos`)
+    "facebook/musicgen-style": {
+        "README.md": b"# card",
+        ".gitattributes": b"*.bin filter=lfs",
+        "state_dict.bin": b"audiocraft style lm",
+        "compression_state_dict.bin": b"audiocraft codec",
+    },
+    # MERT's repo: its config names remote code (auto_map), which is never fetched nor run
+    "m-a-p/MERT-v1-95M": {
+        "config.json": b'{"model_type": "mert_model", "auto_map": {"AutoModel": "modeling_MERT.MERTModel"}}',
+        "configuration_MERT.py": b"raise SystemExit('remote code must never run')",
+        "modeling_MERT.py": b"raise SystemExit('remote code must never run')",
+        "preprocessor_config.json": b'{"sampling_rate": 24000}',
+        "pytorch_model.bin": b"mert pickle",
+        "MERT-v1-95M_fairseq.pt": b"fairseq pickle",
+        "README.md": b"# MERT",
+    },
     "someone/sharded": {
         "config.json": b'{"model_type": "musicgen"}',
         "model.safetensors.index.json": json.dumps(
@@ -548,13 +566,29 @@ def test_online_a_cached_repo_makes_no_request(hub, hub_env):
             "hub/t5-base",
             "tokenizer",
         ),
+        # MusicGen-Style as audiocraft fetches it, stopped after the first file
+        (resolve_model, "style", {"files": ["state_dict.bin"]}, "style", "compression_state_dict.bin"),
+        (
+            resolve_pretrained,
+            "m-a-p/MERT-v1-95M",
+            {"files": ["config.json", "modeling_MERT.py"]},
+            "hub/m-a-p--MERT-v1-95M",
+            "weights",
+        ),
     ],
-    ids=["no-weights", "audiocraft-half", "missing-shard", "t5-no-tokenizer"],
+    ids=[
+        "no-weights",
+        "audiocraft-half",
+        "missing-shard",
+        "t5-no-tokenizer",
+        "style-half",
+        "mert-no-weights",
+    ],
 )
 def test_incomplete_cached_snapshot_is_not_taken(
     hub, hub_env, monkeypatch, resolve, repo, cached, dest, lacking
 ):
-    hub_id = "facebook/musicgen-small" if repo == "small" else repo
+    hub_id = VARIANTS[repo].hub_id if repo in VARIANTS else repo
     snapshot = _fill_hf_cache(hub_id, **cached)
     endpoint = os.environ["HF_ENDPOINT"]
 
@@ -639,3 +673,205 @@ def test_tiny_model_loads_and_generates_from_the_hf_cache_offline(hub, hub_env, 
     assert result.audio.isfinite().all()
     assert attempts == []
     assert _tree(hub_env) == set() and snapshot.is_dir()
+
+
+# ---- MusicGen-Style: audiocraft's layout, and the sub-models it names (T5, MERT) ----------------------
+STYLE_FILES = {"state_dict.bin", "compression_state_dict.bin"}
+MERT_FETCHED = {"config.json", "preprocessor_config.json", "pytorch_model.bin"}
+MERT = "m-a-p/MERT-v1-95M"
+
+
+@pytest.fixture(scope="module")
+def tiny_style_repos(tmp_path_factory) -> dict[str, dict[str, bytes]]:
+    """The Hub repos a tiny MusicGen-Style model needs, laid out as the real ones are: facebook/musicgen-style
+    (the two exported files, a whole EnCodec in the second), t5-base (config, safetensors, tokenizer) and
+    m-a-p/MERT-v1-95M (a config naming remote code, pytorch_model.bin with the old weight-norm names, the
+    remote-code files and a fairseq export)."""
+    import torch
+    from safetensors.torch import load_file
+
+    folder = save_tiny_style_model(tmp_path_factory.mktemp("tiny-style") / "model")
+    style = {name: (folder / name).read_bytes() for name in STYLE_FILES}
+    style.update({"README.md": b"# card", ".gitattributes": b"*.bin filter=lfs"})
+    t5 = {p.name: p.read_bytes() for p in (folder / "text_encoder").iterdir()}
+
+    config = json.loads((folder / "mert" / "config.json").read_text())
+    config.update(
+        model_type="mert_model",
+        architectures=["MERTModel"],
+        auto_map={
+            "AutoConfig": "configuration_MERT.MERTConfig",
+            "AutoModel": "modeling_MERT.MERTModel",
+        },
+        feature_extractor_cqt=False,
+        deepnorm=False,
+        attention_relax=-1.0,
+    )
+    state = load_file(str(folder / "mert" / "model.safetensors"))
+    old_names = {
+        "parametrizations.weight.original0": "weight_g",
+        "parametrizations.weight.original1": "weight_v",
+    }
+    for new, old in old_names.items():
+        for name in [n for n in state if n.endswith(new)]:
+            state[name[: -len(new)] + old] = state.pop(name)
+    pickled = tmp_path_factory.mktemp("mert") / "pytorch_model.bin"
+    torch.save(state, pickled)
+    mert = {
+        **REPOS[MERT],
+        "config.json": json.dumps(config).encode(),
+        "pytorch_model.bin": pickled.read_bytes(),
+    }
+    return {"facebook/musicgen-style": style, "t5-base": t5, MERT: mert}
+
+
+@pytest.fixture
+def style_hub(hub, tiny_style_repos, monkeypatch):
+    for repo, files in tiny_style_repos.items():
+        monkeypatch.setitem(REPOS, repo, files)
+    return hub
+
+
+def _generate_with_style(model) -> None:
+    import torch
+
+    excerpt = torch.randn(1, 3 * model.config.sample_rate, generator=torch.Generator().manual_seed(0))
+    result = model.generate("lo-fi beat with warm piano", duration=0.1, style=excerpt, seed=0)
+    assert result.audio.shape == (1, 1, round(0.1 * result.sample_rate))
+    assert result.audio.isfinite().all()
+
+
+def _download_script():
+    spec = importlib.util.spec_from_file_location(
+        "download_weights", REPO_ROOT / "scripts" / "download_weights.py"
+    )
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    return cli
+
+
+def test_style_fetches_audiocraft_layout_and_its_submodels_then_loads_offline(
+    style_hub, hub_env, capsys, monkeypatch
+):
+    cli = _download_script()
+
+    assert cli.main(["style"]) == 0
+
+    out = capsys.readouterr().out
+    assert f"style: {hub_env / 'style'} (names t5-base, {MERT})" in out
+    assert f"t5-base: {hub_env / 'hub' / 't5-base'}" in out
+    assert f"{MERT}: {hub_env / 'hub' / 'm-a-p--MERT-v1-95M'}" in out
+    assert _tree(hub_env / "style") == STYLE_FILES  # no README, no .gitattributes
+    assert _tree(hub_env / "hub" / "m-a-p--MERT-v1-95M") == MERT_FETCHED  # no remote code, no fairseq .pt
+    assert _tree(hub_env / "hub" / "t5-base") == set(REPOS["t5-base"])
+    assert _tree(hub_env) == {"style", "hub", "hub/t5-base", "hub/m-a-p--MERT-v1-95M"} | {
+        f"style/{f}" for f in STYLE_FILES
+    } | {f"hub/t5-base/{f}" for f in REPOS["t5-base"]} | {f"hub/m-a-p--MERT-v1-95M/{f}" for f in MERT_FETCHED}
+    served = style_hub.downloads()
+    assert not any(p.endswith((".py", ".pt", "README.md")) for p in served), served
+    # the codec is whole in compression_state_dict.bin: EnCodec's repo is never asked for
+    assert not any("encodec" in path for _, path in style_hub.requests)
+
+    attempts = _go_offline(monkeypatch)
+    # a second run finds everything in place and asks nothing
+    assert cli.main(["style"]) == 0
+    model = MusicGen.load("style", device="cpu")
+    _generate_with_style(model)
+    assert attempts == []
+
+
+def test_style_loads_offline_from_what_audiocraft_and_transformers_cached(style_hub, hub_env, monkeypatch):
+    # file by file, as audiocraft fetches the checkpoint (hf_hub_download), transformers MERT with its remote
+    # code (AutoModel.from_pretrained(..., trust_remote_code=True)) and T5 (T5EncoderModel, AutoTokenizer)
+    snapshot = _fill_hf_cache("facebook/musicgen-style", sorted(STYLE_FILES))
+    mert = _fill_hf_cache(
+        MERT, ["config.json", "configuration_MERT.py", "modeling_MERT.py", "pytorch_model.bin"]
+    )
+    _fill_hf_cache("t5-base", sorted(REPOS["t5-base"]))
+    attempts = _go_offline(monkeypatch)
+
+    assert resolve_model("style") == snapshot
+    assert resolve_model("facebook/musicgen-style", download=False) == snapshot
+    assert resolve_pretrained(MERT) == mert
+    assert named_submodels(snapshot) == ["t5-base", MERT]
+    _generate_with_style(MusicGen.load("style", device="cpu"))
+    assert attempts == []
+    assert _tree(hub_env) == set()  # used where they are: nothing copied into the weights folder
+
+
+def test_style_offline_with_nothing_cached_names_the_command(hub_env, monkeypatch):
+    attempts = _go_offline(monkeypatch)
+
+    with pytest.raises(WeightsNotFoundError) as info:
+        resolve_model("style")
+
+    message = str(info.value)
+    assert f"not in {hub_env / 'style'}, nor in the Hugging Face cache" in message
+    assert "python scripts/download_weights.py style" in message and "HF_HUB_OFFLINE=1" in message
+    assert attempts == []
+
+
+@pytest.mark.parametrize("failure", ["error", "cut", "interrupt"])
+def test_style_download_failing_midway_leaves_nothing(hub, hub_env, monkeypatch, failure):
+    if failure == "error":
+        hub.fail_get.add("state_dict.bin")
+    elif failure == "cut":
+        monkeypatch.setattr("huggingface_hub.file_download.time.sleep", lambda seconds: None)
+        hub.cut_get.add("state_dict.bin")
+    else:
+
+        def interrupted(repo_id, **kwargs):
+            (Path(kwargs["local_dir"]) / "compression_state_dict.bin").write_bytes(b"arrived")  # then Ctrl-C
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(weights, "snapshot_download", interrupted)
+
+    with pytest.raises(KeyboardInterrupt if failure == "interrupt" else WeightsNotFoundError):
+        resolve_model("style")
+
+    assert _tree(hub_env) == set()  # neither weights/style nor a temporary sibling
+
+
+def test_style_repo_missing_a_file_fetches_nothing(hub, hub_env, monkeypatch):
+    monkeypatch.setitem(REPOS, "facebook/musicgen-style", {"state_dict.bin": b"lm", "README.md": b"# card"})
+
+    with pytest.raises(WeightsNotFoundError) as info:
+        resolve_model("style")
+
+    assert "has no compression_state_dict.bin" in str(info.value) and "audiocraft's layout" in str(info.value)
+    assert hub.downloads() == []
+    assert _tree(hub_env) == set()
+
+
+def test_mert_fetches_config_and_weights_only(hub, hub_env):
+    path = resolve_pretrained(MERT)
+
+    assert path == hub_env / "hub" / "m-a-p--MERT-v1-95M"
+    assert _tree(path) == MERT_FETCHED
+    assert not any(p.endswith((".py", ".pt")) for p in hub.downloads())
+
+
+def test_named_submodels(tmp_path, tiny_style_repos):
+    import torch
+
+    bundled = save_tiny_style_model(tmp_path / "bundled")
+    assert named_submodels(bundled) == []  # T5 (with its tokenizer) and MERT in text_encoder/ and mert/
+    assert named_submodels(save_tiny_model(tmp_path / "transformers")) == []
+
+    named = tmp_path / "named"
+    named.mkdir()
+    for name in STYLE_FILES:
+        (named / name).write_bytes(tiny_style_repos["facebook/musicgen-style"][name])
+    assert named_submodels(named) == ["t5-base", MERT]
+
+    # a pointer in compression_state_dict.bin names the codec, as audiocraft's text models do
+    torch.save({"pretrained": "facebook/encodec_32khz"}, named / "compression_state_dict.bin")
+    assert named_submodels(named) == ["t5-base", "facebook/encodec_32khz", MERT]
+    # T5 weights bundled without a tokenizer: T5 is still fetched by name, for its tokenizer
+    (named / "text_encoder").mkdir()
+    (named / "text_encoder" / "config.json").write_text("{}")
+    assert named_submodels(named) == ["t5-base", "facebook/encodec_32khz", MERT]
+
+    (named / "state_dict.bin").write_bytes(b"not a torch file")
+    with pytest.raises(CheckpointError, match="state_dict.bin"):
+        named_submodels(named)
