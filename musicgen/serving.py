@@ -31,6 +31,7 @@ from .variants import find_variant
 # what a named T5-base and EnCodec 32 kHz weigh when a checkpoint only names them (fp32)
 _NAMED_TEXT_ENCODER_BYTES = 110_000_000 * 4
 _NAMED_CODEC_BYTES = 60_000_000 * 4
+_NAMED_MERT_BYTES = 95_000_000 * 4  # MusicGen-Style's MERT-v1-95M, float32 on every device
 # left free on a GPU beyond the weights: activations, the key/value cache, the allocator's slack
 DEFAULT_RESERVE_BYTES = 4 * 1024**3
 # on CPU, the share of the machine's memory that loaded weights may take when no budget is given: each
@@ -119,6 +120,10 @@ class ModelCache:
         text, codec = ckpt.text_encoder_state, ckpt.codec_state
         total += sum(t.numel() * 4 for t in text.values()) if text else _NAMED_TEXT_ENCODER_BYTES
         total += sum(t.numel() * 4 for t in codec.values()) if codec else _NAMED_CODEC_BYTES
+        if ckpt.style_state is not None:  # the style conditioner runs in float32, MERT included
+            total += sum(t.numel() * 4 for t in ckpt.style_state.values())
+            mert = ckpt.mert_state
+            total += sum(t.numel() * 4 for t in mert.values()) if mert else _NAMED_MERT_BYTES
         return total
 
     def _make_room(self, need: int) -> None:

@@ -185,3 +185,21 @@ def test_fetch_local_paths(tmp_path):
     assert fetch_weights_file(f"file://{f}") == f
     with pytest.raises(InvalidInputError, match="not found"):
         fetch_weights_file(str(tmp_path / "nope.safetensors"))
+
+
+def test_a_style_model_counts_its_conditioner_and_mert(tiny_style, tmp_path, monkeypatch):
+    """The cache's memory budget sees MusicGen-Style whole: LM, T5, EnCodec, and the float32 style
+    conditioner with MERT (a third of the tiny model's weights)."""
+    folder, _ = tiny_style
+    (tmp_path / "style").symlink_to(folder, target_is_directory=True)
+    monkeypatch.setenv("MUSICGEN_WEIGHTS_DIR", str(tmp_path))
+    cache = ModelCache(device="cpu")
+    model = cache.get("style")
+    ((_, size),) = cache._models.values()
+    modules = [model.lm, model.text.model, model.codec.model, model.style.mert, model.style.encoder]
+    held = sum(
+        t.numel() * 4 for m in modules for t in [*m.parameters(), *m.buffers()] if t.is_floating_point()
+    )
+    conditioner = sum(t.numel() * 4 for m in modules[3:] for t in m.state_dict().values())
+    assert conditioner > size / 4
+    assert abs(size - held) < 0.05 * held
