@@ -4,9 +4,11 @@ from musicgen import MusicGen, SamplingParams
 model = MusicGen.load("small")
 result = model.generate(["lo-fi beat with warm piano"], duration=8, seed=1)
 # result.audio: [B, C, S] at result.sample_rate; result.codes: [B, K, T]
+style = MusicGen.load("style")  # MusicGen-Style: music in the style of an excerpt of `wav` [C, S], 32 kHz
+result = style.generate(["8-bit chiptune"], duration=8, style=wav, sampling=SamplingParams(cfg_beta=5.0))
 """
 
-from .config import LMConfig, ModelConfig
+from .config import LMConfig, ModelConfig, StyleConfig
 from .errors import AudioFileError, CheckpointError, InvalidInputError, MusicGenError, WeightsNotFoundError
 from .variants import VARIANTS, Variant
 
@@ -37,6 +39,7 @@ __all__ = [
     "MusicGen",
     "MusicGenError",
     "SamplingParams",
+    "StyleConfig",
     "VARIANTS",
     "Variant",
     "WeightsNotFoundError",
