@@ -7,6 +7,7 @@ they need no download: the T5 tokenizer is a small one trained here on a few wor
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -30,6 +31,17 @@ def make_tokenizer():
         vocab_size=60, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>"
     )
     tok.train_from_iterator([_WORDS] * 4, trainer=trainer)
+    # The trainer gives the same pieces in every process, but in an order and with last digits of their
+    # scores that vary from one process to the next (hash order): rebuilt in a fixed order with rounded
+    # scores, the same call writes the same tokenizer.json everywhere, so a seed rebuilds a checkpoint.
+    pieces = json.loads(tok.to_str())["model"]["vocab"]
+    specials, learned = (
+        pieces[:3],
+        sorted(((p, round(s, 4)) for p, s in pieces[3:]), key=lambda x: (-x[1], x[0])),
+    )
+    tok.model = models.Unigram(
+        [(p, float(s)) for p, s in [*specials, *learned]], unk_id=2, byte_fallback=False
+    )
     tok.post_processor = processors.TemplateProcessing(
         single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)]
     )
