@@ -101,15 +101,28 @@ class StyleEncoder(nn.Module):
 
     def quantize(self, x: torch.Tensor, n_q: int) -> torch.Tensor:
         """Residual quantization of x [B, T, dim] with the first n_q codebooks: the sum of the chosen
-        entries (audiocraft's eval-mode RVQ: nearest entry by Euclidean distance, ties to the first)."""
-        residual, out = x, torch.zeros_like(x)
+        entries (audiocraft's eval-mode RVQ)."""
+        return self.dequantize(self.codes(x, n_q), n_q)
+
+    def codes(self, x: torch.Tensor, n_q: int) -> torch.Tensor:
+        """Indices [B, T, n_q] of the entries residual quantization picks for x [B, T, dim]: in each of the
+        first n_q codebooks, the entry nearest the residual (Euclidean distance, ties to the first).
+        Quantization is greedy, so the first n picks do not depend on n_q >= n (training stores all six)."""
+        residual, picks = x, []
         for table in self.codebooks[:n_q]:  # [bins, dim]
             distance = (
                 residual.pow(2).sum(-1, keepdim=True) - 2 * residual @ table.t() + table.pow(2).sum(-1)
             )  # [B, T, bins]
-            chosen = F.embedding(distance.argmin(dim=-1), table)
-            residual = residual - chosen
-            out = out + chosen
+            index = distance.argmin(dim=-1)  # [B, T]
+            residual = residual - F.embedding(index, table)
+            picks.append(index)
+        return torch.stack(picks, dim=-1)
+
+    def dequantize(self, codes: torch.Tensor, n_q: int) -> torch.Tensor:
+        """Indices [B, T, >= n_q] -> the sum [B, T, dim] of the first n_q codebooks' entries."""
+        out = self.codebooks.new_zeros(*codes.shape[:2], self.codebooks.shape[-1])
+        for q in range(n_q):
+            out = out + F.embedding(codes[..., q].long(), self.codebooks[q])
         return out
 
 

@@ -22,8 +22,6 @@ from musicgen.training.style import (
     drop_conditions,
     excerpt_frames,
     excerpt_slot_count,
-    rvq_codes,
-    rvq_sum,
     slot_lengths,
     style_batch,
 )
@@ -44,9 +42,9 @@ def test_stored_picks_give_the_quantization_of_every_codebook_count():
     gen = torch.Generator().manual_seed(0)
     encoder.codebooks.copy_(torch.randn(encoder.codebooks.shape, generator=gen))
     x = 2 * torch.randn(3, 7, 16, generator=gen)
-    codes = rvq_codes(encoder.codebooks, x)
+    codes = encoder.codes(x, 6)
     assert codes.shape == (3, 7, 6) and codes.min() >= 0 and codes.max() < 8
-    sums = [rvq_sum(encoder.codebooks, codes, n) for n in range(1, 7)]
+    sums = [encoder.dequantize(codes, n) for n in range(1, 7)]
     for n, got in enumerate(sums, start=1):
         assert torch.equal(got, encoder.quantize(x, n)), n
     # each codebook adds its own entry: no two counts give the same tokens
@@ -97,26 +95,25 @@ def test_condition_dropout_has_audiocrafts_rates():
 
 def test_null_styles_are_zero_tokens_of_the_batchs_length():
     cfg = StyleConfig(dim=8, num_heads=2, bins=4)
-    codebooks = torch.randn(6, 4, 8, generator=torch.Generator().manual_seed(1))
+    encoder = StyleEncoder(cfg)
+    encoder.codebooks.copy_(torch.randn(6, 4, 8, generator=torch.Generator().manual_seed(1)))
     n = excerpt_samples(cfg, 2.0)
     tokens = token_count(cfg, n)  # 2 s -> 149 MERT frames -> 10 tokens
     codes = torch.randint(0, 4, (3, tokens + 5, 6), generator=torch.Generator().manual_seed(2))
     starts, lengths = torch.tensor([0, 6400, 12800]), torch.full((3,), n)
-    got = style_batch(codebooks, codes, starts, lengths, torch.tensor([True, False, True]), 2, cfg, HOP)
+    got = style_batch(encoder, codes, starts, lengths, torch.tensor([True, False, True]), 2, HOP)
     assert got.tokens.shape == (3, tokens, 8) and got.mask.tolist() == [[1.0] * tokens, [0.0] * tokens] + [
         [1.0] * tokens
     ]
-    assert torch.equal(got.tokens[0], rvq_sum(codebooks, codes[:1, :tokens], 2)[0])
+    assert torch.equal(got.tokens[0], encoder.dequantize(codes[:1, :tokens], 2)[0])
     assert not got.tokens[1].any() and got.tokens[2].any()
     assert got.first.tolist() == [0, 10, 20] and got.count.tolist() == [n // HOP, 0, n // HOP]
     # nobody keeps a style: one zero token per row, nothing left out of the loss
-    none = style_batch(codebooks, codes, starts, lengths, torch.zeros(3, dtype=torch.bool), 6, cfg, HOP)
+    none = style_batch(encoder, codes, starts, lengths, torch.zeros(3, dtype=torch.bool), 6, HOP)
     assert none.tokens.shape == (3, 1, 8) and not none.tokens.any() and not none.mask.any()
     assert none.count.tolist() == [0, 0, 0]
     with pytest.raises(ValueError, match="same slot"):
-        style_batch(
-            codebooks, codes, starts, torch.tensor([n, n, n + 1]), torch.ones(3, dtype=bool), 1, cfg, HOP
-        )
+        style_batch(encoder, codes, starts, torch.tensor([n, n, n + 1]), torch.ones(3, dtype=bool), 1, HOP)
 
 
 # ---- on the tiny style model ----------------------------------------------------------------------------
@@ -169,7 +166,7 @@ def test_encoding_stores_each_segments_own_excerpts(style_folder, encoded, tmp_p
         # the stored picks are the conditioner's own tokens for those very excerpts
         excerpts = torch.stack([s.wav[0, a : a + n] for a, s in zip(starts, segments, strict=True)])
         want = engine.style(excerpts, cfg.eval_q)
-        got = rvq_sum(engine.style.encoder.codebooks, encoded.style_codes[:, k, : tokens[k]], cfg.eval_q)
+        got = engine.style.encoder.dequantize(encoded.style_codes[:, k, : tokens[k]], cfg.eval_q)
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     # the seed draws the excerpts, whatever the batching; workers get them through save/load
     again = encode_segments(engine, segments[:2], batch_size=1, style_slots=2, seed=5)

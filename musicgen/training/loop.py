@@ -252,10 +252,9 @@ class Trainer:
             )
         cfg = model.config.style
         B, slots = batch.style_codes.shape[:2]
-        codebooks = model.style.encoder.codebooks
         if train:
             slot = int(torch.randint(slots, (1,), generator=self.generator))
-            n_q = int(torch.randint(1, codebooks.shape[0] + 1, (1,), generator=self.generator))
+            n_q = int(torch.randint(1, cfg.num_quantizers + 1, (1,), generator=self.generator))
             keep_text, keep_style = drop_conditions(
                 B, self.generator, s.condition_dropout, s.text_dropout, s.style_dropout
             )
@@ -265,13 +264,12 @@ class Trainer:
         captions = [c if k else None for c, k in zip(batch.captions, keep_text.tolist(), strict=True)]
         hop = model.config.sample_rate // model.config.frame_rate
         style = style_batch(
-            codebooks,
+            model.style.encoder,
             batch.style_codes[:, slot],
             batch.style_starts[:, slot],
             batch.style_lengths[:, slot],
             keep_style,
             n_q,
-            cfg,
             hop,
         )
         return captions, style

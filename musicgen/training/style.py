@@ -27,10 +27,10 @@ What this module does instead, and why:
   number of style tokens, as at inference. MERT never runs during training.
 * **What is stored is the residual quantizer's choices, not the features.** Residual quantization is
   greedy: quantizing with n codebooks makes the first n choices that quantizing with all of them makes. So
-  the indices of all `num_quantizers` codebooks are stored for each kept frame (int32, [slots, tokens, 6] per
-  segment: a few KB, where the features would take 47 KB per slot) and a step's q_dropout is exact: the sum
-  of the first n chosen entries (`rvq_sum`) is, to the bit, what `StyleEncoder.quantize(x, n)` gives on the
-  frames before quantization. Validation uses slot 0 with the model's `eval_q` codebooks, as inference does.
+  the indices of all `num_quantizers` codebooks are stored for each kept frame (`StyleEncoder.codes`;
+  int32, [slots, tokens, 6] per segment: a few KB, where the features would take 47 KB per slot) and a
+  step's q_dropout is exact: `StyleEncoder.dequantize` of the first n is what `StyleEncoder.quantize(x, n)`
+  is made of. Validation uses slot 0 with the model's `eval_q` codebooks, as inference does.
 * **Frozen conditioner, no EMA.** audiocraft trains the style transformer and updates the codebooks by EMA
   (with BatchNorm on batch statistics); fine-tuning here keeps all of it as released, BatchNorm on its stored
   statistics, so the style tokens at training and at inference come from the same function.
@@ -57,11 +57,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from ..config import StyleConfig
 from ..errors import InvalidInputError
-from ..style import StyleConditioner, excerpt_samples, token_count
+from ..style import StyleConditioner, StyleEncoder, excerpt_samples, token_count
 
 MIN_SLOTS = 4
 MAX_SLOTS = 8
@@ -85,30 +84,6 @@ def slot_lengths(cfg: StyleConfig, slots: int, seed: int) -> list[int]:
     return [excerpt_samples(cfg, seconds[i]) for i in order]
 
 
-# ---- residual quantization by indices -------------------------------------------------------------------
-
-
-def rvq_codes(codebooks: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Indices [B, T, Q] of the entries residual quantization picks for x [B, T, dim] with all Q codebooks
-    ([Q, bins, dim]): the same distances and ties as `StyleEncoder.quantize`."""
-    residual, picks = x, []
-    for table in codebooks:
-        distance = residual.pow(2).sum(-1, keepdim=True) - 2 * residual @ table.t() + table.pow(2).sum(-1)
-        index = distance.argmin(dim=-1)  # [B, T]
-        residual = residual - F.embedding(index, table)
-        picks.append(index)
-    return torch.stack(picks, dim=-1)
-
-
-def rvq_sum(codebooks: torch.Tensor, codes: torch.Tensor, n_q: int) -> torch.Tensor:
-    """Quantized vectors [B, T, dim] from indices [B, T, >= n_q]: the sum of the first n_q codebooks'
-    entries, added in the order `StyleEncoder.quantize` adds them (so its result to the bit)."""
-    out = codebooks.new_zeros(*codes.shape[:2], codebooks.shape[-1])
-    for q in range(n_q):
-        out = out + F.embedding(codes[..., q].long(), codebooks[q])
-    return out
-
-
 # ---- at encoding time -----------------------------------------------------------------------------------
 
 
@@ -128,10 +103,9 @@ def encode_excerpts(
     count, shorter slots padded with 0; starts [b, slots] int64: each excerpt's first sample).
     """
     cfg = conditioner.cfg
-    codebooks = conditioner.encoder.codebooks
     b, slots = len(wavs), len(lengths)
     tokens = [token_count(cfg, n) for n in lengths]
-    codes = torch.zeros(b, slots, max(tokens), codebooks.shape[0], dtype=torch.int32)
+    codes = torch.zeros(b, slots, max(tokens), cfg.num_quantizers, dtype=torch.int32)
     if min(valid) < max(lengths):
         raise InvalidInputError(
             f"a segment holds {min(valid) / cfg.sample_rate:.2f} s of audio, less than a style excerpt of "
@@ -150,7 +124,9 @@ def encode_excerpts(
                 f"the style conditioner gave {frames.shape[1]} tokens for {n} samples, token_count says "
                 f"{tokens[k]}"
             )
-        codes[:, k, : tokens[k]] = rvq_codes(codebooks, frames).to("cpu", torch.int32)
+        codes[:, k, : tokens[k]] = conditioner.encoder.codes(frames, cfg.num_quantizers).to(
+            "cpu", torch.int32
+        )
     return codes, starts
 
 
@@ -188,13 +164,12 @@ class StyleBatch:
 
 
 def style_batch(
-    codebooks: torch.Tensor,
+    encoder: StyleEncoder,
     codes: torch.Tensor,
     starts: torch.Tensor,
     lengths: torch.Tensor,
     keep: torch.Tensor,
     n_q: int,
-    cfg: StyleConfig,
     hop: int,
 ) -> StyleBatch:
     """The style conditions of one batch, all rows from one slot.
@@ -202,6 +177,7 @@ def style_batch(
     codes: [B, T, Q] the slot's stored picks; starts, lengths: [B] samples (one length for the batch);
     keep: [B] bool, rows whose style is kept; n_q: codebooks summed. No kept row: one zero token per row.
     """
+    codebooks, cfg = encoder.codebooks, encoder.cfg
     B, device = codes.shape[0], codebooks.device
     keep = keep.to(device)
     if not bool(keep.any()):
@@ -211,7 +187,7 @@ def style_batch(
     if bool((lengths != lengths[0]).any()):
         raise ValueError("style_batch: every row of a batch must come from the same slot (one length)")
     count = token_count(cfg, int(lengths[0]))
-    tokens = rvq_sum(codebooks, codes[:, :count].to(device), n_q) * keep[:, None, None]
+    tokens = encoder.dequantize(codes[:, :count].to(device), n_q) * keep[:, None, None]
     mask = keep[:, None].expand(B, count).to(tokens.dtype)
     first, frames = excerpt_frames(starts.to(device), lengths.to(device), hop)
     return StyleBatch(tokens, mask, first, frames * keep)
@@ -226,8 +202,6 @@ __all__ = [
     "encode_excerpts",
     "excerpt_frames",
     "excerpt_slot_count",
-    "rvq_codes",
-    "rvq_sum",
     "slot_lengths",
     "style_batch",
 ]
