@@ -276,7 +276,7 @@ def peek_model(name_or_path: str) -> ModelTraits | None:
         return ModelTraits(variant.melody, variant.stereo, variant.style)
     folder = Path(name_or_path)
     if (folder / "state_dict.bin").is_file() and not (folder / "config.json").is_file():
-        return _peek_audiocraft(folder / "state_dict.bin")
+        return _peek_audiocraft(folder)
     try:
         raw = json.loads((folder / "config.json").read_text())
         return ModelTraits(
@@ -286,16 +286,17 @@ def peek_model(name_or_path: str) -> ModelTraits | None:
         return None
 
 
-def _peek_audiocraft(path: Path) -> ModelTraits | None:
-    """ModelTraits from an audiocraft state_dict.bin's xp.cfg; the file is mapped, its tensors not read."""
-    import yaml
+def _peek_audiocraft(folder: Path) -> ModelTraits | None:
+    """ModelTraits from an audiocraft checkpoint's xp.cfg (its tensors mapped, not read)."""
+    from .checkpoints.audiocraft_layout import read_lm_xp
 
     try:
-        pkg = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        xp = yaml.safe_load(pkg["xp.cfg"])
-        conditioner = ((xp.get("conditioners") or {}).get("self_wav") or {}).get("model")
-        return ModelTraits(conditioner == "chroma_stem", xp.get("channels", 1) == 2, conditioner == "style")
-    except Exception:  # unreadable or foreign: loading the checkpoint reports it properly
+        xp = read_lm_xp(folder)
+        conditioner = xp.get("conditioners.self_wav.model", None)
+        return ModelTraits(
+            conditioner == "chroma_stem", xp.get_int("channels", 1) == 2, conditioner == "style"
+        )
+    except CheckpointError:  # unreadable or foreign: loading the checkpoint reports it properly
         return None
 
 

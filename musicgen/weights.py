@@ -229,12 +229,16 @@ def named_submodels(folder: Path) -> list[str]:
     folder = Path(folder)
     if detect_layout(folder) != "audiocraft":
         return []
-    from .checkpoints.audiocraft_layout import CODEC_FILE, LM_FILE, MERT_DIR, TEXT_ENCODER_DIR, _xp_cfg_of
+    from .checkpoints.audiocraft_layout import (
+        CODEC_FILE,
+        MERT_DIR,
+        TEXT_ENCODER_DIR,
+        load_exported_mapped,
+        read_lm_xp,
+    )
     from .checkpoints.audiocraft_lm import _lm_config_from_xp
-    from .checkpoints.audiocraft_xpcfg import _XpCfg
 
-    lm_path = folder / LM_FILE
-    xp = _XpCfg(_xp_cfg_of(_exported(lm_path, "export_lm"), lm_path), lm_path)
+    xp = read_lm_xp(folder)
     _, _, style, t5_name, _ = _lm_config_from_xp(xp)  # the same reading of xp.cfg as the checkpoint reader's
     names = []
     text_encoder = folder / TEXT_ENCODER_DIR
@@ -245,7 +249,7 @@ def named_submodels(folder: Path) -> list[str]:
     )
     if not bundled_t5:
         names.append(t5_name)
-    codec = _exported(folder / CODEC_FILE, "export_encodec")
+    codec = load_exported_mapped(folder / CODEC_FILE, "export_encodec")
     if "pretrained" in codec:
         if not isinstance(codec["pretrained"], str) or not codec["pretrained"]:
             raise CheckpointError(
@@ -256,20 +260,6 @@ def named_submodels(folder: Path) -> list[str]:
     if style is not None and not (folder / MERT_DIR).is_dir():
         names.append(style.mert_name)
     return list(dict.fromkeys(names))
-
-
-def _exported(path: Path, export_fn: str) -> dict:
-    """An exported audiocraft file, its tensors memory-mapped and never read (musicgen-style's state_dict.bin
-    is 2.8 GB): only its config and names are wanted here."""
-    import torch
-
-    from .checkpoints.audiocraft_layout import _load_exported
-
-    try:
-        pkg = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # torch maps only its zip format; the reader's own load reads the rest, or says why not
-        pkg = None
-    return pkg if isinstance(pkg, dict) else _load_exported(path, export_fn)
 
 
 def download(

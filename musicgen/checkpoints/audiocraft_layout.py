@@ -143,6 +143,22 @@ def read_audiocraft(folder: Path) -> Checkpoint:
     )
 
 
+def read_lm_xp(folder: Path) -> _XpCfg:
+    """The LM's xp.cfg of the audiocraft checkpoint in `folder`, its tensors mapped, never read (the style
+    model's state_dict.bin is 2.8 GB): what a checkpoint accepts and names is known without loading it."""
+    path = Path(folder) / LM_FILE
+    return _XpCfg(_xp_cfg_of(load_exported_mapped(path, "export_lm"), path), path)
+
+
+def load_exported_mapped(path: Path, export_fn: str) -> dict:
+    """`_load_exported` with the tensors memory-mapped, for reading configs and names only."""
+    try:
+        pkg = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # torch maps only its zip format; the plain load reads the rest, or says why not
+        pkg = None
+    return pkg if isinstance(pkg, dict) else _load_exported(path, export_fn)
+
+
 def _load_exported(path: Path, export_fn: str) -> dict:
     """torch.load of one exported file, never running code from it."""
     if not path.is_file():
