@@ -282,9 +282,10 @@ class MusicGen:
         if style is None:
             return None
         cfg = self.config.style
-        length = cfg.excerpt_length if cfg is not None and length is None else length
-        eval_q = cfg.eval_q if cfg is not None and eval_q is None else eval_q
-        check_style_args(cfg, length if length is not None else 3.0, eval_q if eval_q is not None else 3)
+        if cfg is not None:  # without a style conditioner, check_style_args refuses the style itself
+            length = cfg.excerpt_length if length is None else length
+            eval_q = cfg.eval_q if eval_q is None else eval_q
+        check_style_args(cfg, length, eval_q)
         per_clip = list(style) if isinstance(style, (list, tuple)) else [style] * batch
         if len(per_clip) != batch:
             raise InvalidInputError(

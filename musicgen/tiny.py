@@ -164,22 +164,11 @@ def tiny_mert_config() -> dict:
     small layer behind it."""
     from transformers import HubertConfig
 
-    return HubertConfig(
-        hidden_size=768,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        intermediate_size=64,
-        conv_dim=(16,) * 7,
-        conv_kernel=(10, 3, 3, 3, 3, 2, 2),
-        conv_stride=(5, 2, 2, 2, 2, 2, 2),
-        conv_bias=False,
-        feat_extract_norm="group",
-        num_conv_pos_embeddings=16,
-        num_conv_pos_embedding_groups=4,
-        do_stable_layer_norm=False,
-        feat_proj_layer_norm=True,
-        mask_time_prob=0.05,
-    ).to_dict()
+    from .bench import MERT_95M
+
+    shrunk = dict(num_hidden_layers=1, num_attention_heads=4, intermediate_size=64, conv_dim=(16,) * 7)
+    shrunk.update(num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4)
+    return HubertConfig(**{**MERT_95M, **shrunk}).to_dict()
 
 
 def make_tiny_style_checkpoint(seed: int = 0):
