@@ -7,13 +7,18 @@ by `cog build`) has no OpenAPI schema and hands run() whatever JSON it got; ever
 `musicgen` error whose message the server reports as the prediction's `error`.
 """
 
+import asyncio
 import contextlib
 import os
+from dataclasses import dataclass
 
+import cog
+import torch
 from cog import BaseRunner, Input, Path
 
 from musicgen import inputs
 from musicgen.audio import NORMALIZATION_STRATEGIES, normalize, write_audio
+from musicgen.batching import Batchers
 from musicgen.config import SAMPLE_RATE, StyleConfig
 from musicgen.errors import AudioFileError, FineTunedWeightsError, InvalidInputError, WeightsNotFoundError
 from musicgen.finetuned import finetuned_base
@@ -24,6 +29,10 @@ from musicgen.variants import VARIANTS
 
 DEFAULT_MODEL = "stereo-melody-large"
 OUTPUT_FORMATS = ("wav", "mp3", "flac")
+# Predictions the server takes at once (Cog needs a literal here; COG_MAX_CONCURRENCY overrides it at run
+# time). Those of one model share one decode, at most MUSICGEN_MAX_BATCH clips (musicgen.batching); the
+# rest wait in its queue.
+MAX_CONCURRENT_PREDICTIONS = 16
 
 # Cog's failures to fetch a URL or decode a data URL name the input they were for
 inputs.name_file_input_errors("input_audio")
@@ -42,8 +51,10 @@ class Runner(BaseRunner):
         # hold our lines, not those. It reads this when first imported: by the model loading below.
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         self.cache = ModelCache()
-        # the output of a prediction stays on disk only until the server has sent it
-        self.outputs = OutputFiles(prefix="musicgen-predictions-")
+        self.batchers = Batchers()
+        # the output of a prediction stays on disk only until the server has sent it: with concurrent
+        # predictions, until as many newer ones again as the server takes at once were written
+        self.outputs = OutputFiles(prefix="musicgen-predictions-", keep=2 * _concurrency())
         # in a folder of its own, so that the downloads of replicate_weights never evict it
         setup_cache = weights_cache_dir() / "setup"
         self.default_finetuned = fetch_weights_file(str(weights), setup_cache) if weights else None
@@ -55,8 +66,9 @@ class Runner(BaseRunner):
         except WeightsNotFoundError:
             print(f"The weights of {preload} are not on disk yet; its first prediction downloads them.")
 
+    @cog.concurrent(max=16)
     @inputs.declared_inputs_only
-    def run(
+    async def run(
         self,
         model_version: str = Input(
             description="Model to generate with. Melody models (melody, melody-large, stereo-melody, stereo-melody-large) can follow the melody of input_audio; the style model (MusicGen-Style) makes music in the style of a few seconds of input_audio; stereo models make two channels; larger models sound better but take longer.",
@@ -162,7 +174,45 @@ class Runner(BaseRunner):
             default=None,
         ),
     ) -> Path:
-        """Generates one clip and returns the audio file."""
+        """Generates one clip and returns the audio file.
+
+        Concurrent predictions of one model are decoded together (musicgen.batching); the checks, the model
+        loading and the encoding of the inputs run in a thread, so the server keeps answering meanwhile.
+        """
+        request = await asyncio.to_thread(self._request, **_inputs_of(locals()))
+        # printed before generating, so that the logs name the seed even of a prediction cut short
+        print(f"model_version: {request.model_version}, seed: {request.job.seed}")
+        ticket, batcher = self.batchers.submit(request.model, request.job)
+        print(
+            f"queued behind {batcher.waiting - 1} request(s), {batcher.running_clips} clip(s) decoding; "
+            f"{request.job.steps} steps to go"
+        )
+        codes = await ticket.wait()
+        print(ticket.summary())
+        return await asyncio.to_thread(self._write, request, codes)
+
+    def _request(
+        self,
+        model_version,
+        prompt,
+        input_audio,
+        duration,
+        continuation,
+        continuation_start,
+        continuation_end,
+        style_excerpt_length,
+        style_eval_q,
+        normalization_strategy,
+        top_k,
+        top_p,
+        temperature,
+        classifier_free_guidance,
+        classifier_free_guidance_beta,
+        output_format,
+        seed,
+        replicate_weights,
+    ) -> "_Request":
+        """Checks every input, reads input_audio, takes the model and prepares the generation."""
         model_version = inputs.choice("model_version", model_version, VARIANTS)
         finetuned = self.default_finetuned
         weights_source = inputs.optional_text("replicate_weights", replicate_weights)
@@ -255,9 +305,7 @@ class Runner(BaseRunner):
 
         with _named(weights_name):
             model = self.cache.get(model_version, finetuned=finetuned)
-        # printed before generating, so that the logs name the seed even of a prediction cut short
-        print(f"model_version: {model_version}, seed: {seed}")
-        result = model.generate(
+        job = model.prepare(
             prompt,
             duration=float(duration),
             melody=audio if melody_given else None,
@@ -268,10 +316,38 @@ class Runner(BaseRunner):
             sampling=sampling,
             seed=seed,
         )
-        wav = normalize(result.audio[0], strategy, result.sample_rate)  # [C, S]: stereo stays stereo
-        out = self.outputs.new(f"output.{output_format}")
+        return _Request(model_version, model, job, strategy, output_format)
+
+    def _write(self, request: "_Request", codes: torch.Tensor) -> Path:
+        """EnCodec decode, normalise, write the file."""
+        with torch.inference_mode():
+            result = request.model.finish(codes, request.job.seed)
+        wav = normalize(result.audio[0], request.strategy, result.sample_rate)  # [C, S]: stereo stays stereo
+        out = self.outputs.new(f"output.{request.output_format}")
         write_audio(out, wav, result.sample_rate)
         return Path(out)
+
+
+@dataclass
+class _Request:
+    """A checked prediction, its generation prepared."""
+
+    model_version: str
+    model: object  # musicgen.MusicGen
+    job: object  # musicgen.model.PreparedJob
+    strategy: str
+    output_format: str
+
+
+def _inputs_of(names: dict) -> dict:
+    """run()'s inputs from its locals()."""
+    return {k: v for k, v in names.items() if k != "self"}
+
+
+def _concurrency() -> int:
+    """Predictions the server takes at once: COG_MAX_CONCURRENCY as Cog reads it, else the decorator's."""
+    text = os.environ.get("COG_MAX_CONCURRENCY", "").strip()
+    return int(text) if text.isdigit() and int(text) > 0 else MAX_CONCURRENT_PREDICTIONS
 
 
 def _style_settings(variant, model_version: str, style_given: bool, excerpt_length, eval_q, beta):

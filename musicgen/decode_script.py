@@ -47,70 +47,136 @@ def _project_add(
 
 def decode_step(
     x: torch.Tensor,
-    pos: int,
     positions: torch.Tensor,
     norms: list[torch.Tensor],
     weights: list[torch.Tensor],
     packed: list[Packed],
     cross_weights: list[torch.Tensor],
     cross_packed: list[Packed],
-    kv: torch.Tensor,
     num_heads: int,
     eps: float,
-    cross: str,
-    cross_a: torch.Tensor,
-    cross_b: torch.Tensor,
-    cross_bias: torch.Tensor,
-    fold_rows: torch.Tensor,
-    fold_leading: bool,
+    starts: list[int],
+    pos: list[int],
+    kvs: list[torch.Tensor],
+    cross: list[str],
+    cross_a: list[torch.Tensor],
+    cross_b: list[torch.Tensor],
+    cross_bias: list[torch.Tensor],
+    fold_rows: list[torch.Tensor],
+    fold_leading: list[bool],
 ) -> torch.Tensor:
-    """Embeddings x [B, D] at position `pos` -> logits [B, K * card] (the final norm and the heads
-    included). Writes the position's keys/values into kv [L, 2, B, H, T_max, hd].
+    """Embeddings x [R, D] of one position per row -> logits [R, K * card] (the final norm and the heads
+    included), for rows grouped in jobs that each have their own cache and position.
 
-    cross: "none"; "plain" with cross_a/cross_b the keys/values [L, B, H, S, hd] and cross_bias
-    [B, 1, 1, S]; "folded" with cross_a/cross_b a CrossFold's scores [L, R', H*S, D] and values
-    [L, R', D, H*S], cross_bias its bias [R', 1, 1, S], fold_rows its rows and fold_leading whether they
-    are 0..R'-1. The arithmetic is `LanguageModel._layers` with `_cached_cross`'s functions, operation for
-    operation, on 2-D activations.
+    Job j owns rows starts[j] .. starts[j + 1] - 1, sits at position pos[j] and keeps its keys/values in
+    kvs[j] [L, 2, rows, H, T_max, hd] (this step writes its position there). Rows past starts[-1] are
+    padding: they go through the products (so a lone row is never a matrix-vector product, whose sums run
+    in another order) but attend to nothing. Attention runs job by job over exactly the job's own
+    positions, so a job's logits are the same bits whatever else shares the step (products of two rows or
+    more give each row the same bits on every batch size, measured; docs/PERFORMANCE.md).
+
+    cross[j]: "none"; "plain" with cross_a[j]/cross_b[j] the keys/values [L, rows, H, S, hd] and
+    cross_bias[j] [rows, 1, 1, S]; "folded" with cross_a[j]/cross_b[j] a CrossFold's scores
+    [L, R', H*S, D] and values [L, R', D, H*S], cross_bias[j] its bias [R', 1, 1, S], fold_rows[j] its
+    rows (within the job) and fold_leading[j] whether they are 0..R'-1. The arithmetic is
+    `LanguageModel._layers` with `_cached_cross`'s functions, operation for operation, on 2-D activations.
     """
-    B, D = x.shape[0], x.shape[1]
+    R, D = x.shape[0], x.shape[1]
     H = num_heads
     hd = D // H
-    L = kv.shape[0]
-    x = x + positions[pos].to(x.dtype)
+    L = kvs[0].shape[0]
+    J = len(pos)
+    used = starts[J]
+    if J == 1 and used == R:
+        x = x + positions[pos[0]].to(x.dtype)
+    else:
+        pieces = [positions[pos[j]].to(x.dtype).expand(starts[j + 1] - starts[j], D) for j in range(J)]
+        if used < R:
+            pieces.append(x.new_zeros(R - used, D))
+        x = x + torch.cat(pieces)
+    any_plain = "plain" in cross
+    any_folded = "folded" in cross
     for i in range(L):
         n, w = 6 * i, 4 * i
         h = F.layer_norm(x, [D], norms[n], norms[n + 1], eps)
-        qkv = _project(h, w, weights, packed).view(B, 3, H, 1, hd)
-        layer_kv = kv[i]  # [2, B, H, T_max, hd]
-        layer_kv.narrow(3, pos, 1).copy_(qkv[:, 1:].transpose(0, 1))
-        k, v = layer_kv[0].narrow(2, 0, pos + 1), layer_kv[1].narrow(2, 0, pos + 1)
-        a = F.scaled_dot_product_attention(qkv[:, 0], k, v)  # [B, H, 1, hd]
-        x = _project_add(a.reshape(B, D), w + 1, x, weights, packed)
-        if cross == "plain":
+        qkv = _project(h, w, weights, packed).view(R, 3, H, 1, hd)
+        outs: list[torch.Tensor] = []
+        for j in range(J):
+            s, e, p = starts[j], starts[j + 1], pos[j]
+            layer_kv = kvs[j][i]  # [2, rows, H, T_max, hd]
+            layer_kv.narrow(3, p, 1).copy_(qkv[s:e, 1:].transpose(0, 1))
+            k, v = layer_kv[0].narrow(2, 0, p + 1), layer_kv[1].narrow(2, 0, p + 1)
+            outs.append(F.scaled_dot_product_attention(qkv[s:e, 0], k, v))  # [rows, H, 1, hd]
+        if used < R:
+            outs.append(x.new_zeros(R - used, H, 1, hd))
+        a = outs[0] if len(outs) == 1 else torch.cat(outs)
+        x = _project_add(a.reshape(R, D), w + 1, x, weights, packed)
+        if any_plain:
             h = F.layer_norm(x, [D], norms[n + 2], norms[n + 3], eps)
-            q = _project(h, 2 * i, cross_weights, cross_packed).view(B, 1, H, hd).transpose(1, 2)
-            a = F.scaled_dot_product_attention(q, cross_a[i], cross_b[i], attn_mask=cross_bias)
-            a = a.transpose(1, 2).reshape(B, D)
+            q = _project(h, 2 * i, cross_weights, cross_packed).view(R, 1, H, hd).transpose(1, 2)
+            outs = []
+            for j in range(J):
+                s, e = starts[j], starts[j + 1]
+                if cross[j] == "plain":
+                    qj = q[s:e]
+                    outs.append(
+                        F.scaled_dot_product_attention(
+                            qj, cross_a[j][i], cross_b[j][i], attn_mask=cross_bias[j]
+                        )
+                    )
+                else:  # no text, or folded below: nothing added here
+                    outs.append(x.new_zeros(e - s, H, 1, hd))
+            if used < R:
+                outs.append(x.new_zeros(R - used, H, 1, hd))
+            a = outs[0] if len(outs) == 1 else torch.cat(outs)
+            a = a.transpose(1, 2).reshape(R, D)
             x = _project_add(a, 2 * i + 1, x, cross_weights, cross_packed)
-        elif cross == "folded":
-            R = fold_rows.shape[0]
-            rows = x[:R] if fold_leading else x.index_select(0, fold_rows)  # [R', D]
-            h = F.layer_norm(rows, [D], norms[n + 2], norms[n + 3], eps)[:, None]  # [R', 1, D]
-            S = cross_bias.shape[-1]
-            scores = torch.bmm(h, cross_a[i].transpose(1, 2)).view(R, 1, H, S)
-            attn = torch.softmax(scores + cross_bias, dim=-1).view(R, 1, H * S)
-            added = torch.bmm(attn, cross_b[i].transpose(1, 2))[:, 0]  # [R', D]
-            if not fold_leading:
-                x = x.index_add(0, fold_rows, added)
-            elif R < B:
-                x = torch.cat([rows + added, x[R:]])
-            else:
-                x = rows + added
+        if any_folded:
+            pieces = []
+            for j in range(J):
+                s, e = starts[j], starts[j + 1]
+                xj = x if J == 1 and used == R else x[s:e]
+                if cross[j] == "folded":
+                    xj = _folded_cross(xj, i, D, H, eps, norms[n + 2], norms[n + 3], cross_a[j], cross_b[j],
+                                       cross_bias[j], fold_rows[j], fold_leading[j])  # fmt: skip
+                pieces.append(xj)
+            if used < R:
+                pieces.append(x[used:])
+            x = pieces[0] if len(pieces) == 1 else torch.cat(pieces)
         h = F.layer_norm(x, [D], norms[n + 4], norms[n + 5], eps)
         x = _project_add(F.gelu(_project(h, w + 2, weights, packed)), w + 3, x, weights, packed)
     h = F.layer_norm(x, [D], norms[6 * L], norms[6 * L + 1], eps)
     return _project(h, 4 * L, weights, packed)
+
+
+def _folded_cross(
+    x: torch.Tensor,
+    i: int,
+    D: int,
+    H: int,
+    eps: float,
+    norm_weight: torch.Tensor,
+    norm_bias: torch.Tensor,
+    scores_all: torch.Tensor,
+    values_all: torch.Tensor,
+    bias: torch.Tensor,
+    fold_rows: torch.Tensor,
+    fold_leading: bool,
+) -> torch.Tensor:
+    """One job's rows x [B, D] with layer i's folded cross-attention (a CrossFold) added."""
+    B = x.shape[0]
+    R = fold_rows.shape[0]
+    rows = x[:R] if fold_leading else x.index_select(0, fold_rows)  # [R', D]
+    h = F.layer_norm(rows, [D], norm_weight, norm_bias, eps)[:, None]  # [R', 1, D]
+    S = bias.shape[-1]
+    scores = torch.bmm(h, scores_all[i].transpose(1, 2)).view(R, 1, H, S)
+    attn = torch.softmax(scores + bias, dim=-1).view(R, 1, H * S)
+    added = torch.bmm(attn, values_all[i].transpose(1, 2))[:, 0]  # [R', D]
+    if not fold_leading:
+        return x.index_add(0, fold_rows, added)
+    if R < B:
+        return torch.cat([rows + added, x[R:]])
+    return rows + added
 
 
 @functools.cache

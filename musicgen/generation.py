@@ -60,6 +60,74 @@ def decode_step_static(lm: LanguageModel, cache: KVCache, column: torch.Tensor, 
     return lm.step_static(lm.embed_codes(column[:, :, None]), cache, position)
 
 
+class WindowDecoder:
+    """One window being decoded: its delay-pattern sequence, its key/value cache and the next column.
+
+    The state of `generate_window`'s loop, kept in an object so that the batcher (musicgen.batching) can
+    step many windows of different requests in one forward and still sample each exactly as alone:
+    `prefill` feeds the prefix and known columns, then `take` samples a column from the logits of the
+    previous position and `next_input` gives the column to feed for the next one, until `done`.
+    """
+
+    def __init__(
+        self,
+        lm: LanguageModel,
+        cond: WindowConditions,
+        batch: int,
+        frames: int,
+        params: SamplingParams,
+        generator: torch.Generator | None,
+        prompt: torch.Tensor | None = None,
+    ):
+        cfg = lm.cfg
+        self.lm, self.cond, self.batch, self.frames = lm, cond, batch, frames
+        self.params, self.generator = params, generator
+        self.delays = cfg.delays
+        device = lm.embed.weight.device
+        self.fixed, self.free = build_fixed(prompt, batch, frames, self.delays, cfg.card, device)
+        self.seq = self.fixed.clone()  # [B, K, L]
+        self.length = pattern_length(frames, self.delays)
+        self.prefix_len = 0 if cond.prefix is None else cond.prefix.shape[1]
+        self.copies = cond.copies
+        self.cache = lm.new_cache(self.copies * batch, self.prefix_len + self.length)
+        # columns 0..Tp (start token and prompt) are known for codebook 0, which has no delay: fed at once
+        self.col = 1 + (0 if prompt is None else prompt.shape[-1])
+        self._beta = params.cfg_beta if cond.double else None
+
+    @property
+    def rows(self) -> int:
+        """Rows of the decoder batch: clips times CFG copies."""
+        return self.copies * self.batch
+
+    @property
+    def done(self) -> bool:
+        return self.col >= self.length
+
+    def prefill(self) -> torch.Tensor:
+        """Feeds the prefix and the known columns; returns the logits [rows, K, V] of the first free one."""
+        known = self.seq[:, :, : self.col]
+        return prefill(self.lm, self.cache, self.cond, known.repeat(self.copies, 1, 1))
+
+    def take(self, logits: torch.Tensor) -> None:
+        """Samples the current column from logits [rows, K, V] (guidance mixed in fp32) and moves on."""
+        logits = logits.float()  # guidance and sampling in fp32 whatever the model's dtype
+        if self.copies > 1:
+            logits = mix_guidance(logits, self.params.cfg_coef, self.batch, self._beta)
+        tokens = sample(logits, self.params, self.generator)  # [B, K]
+        col = self.col
+        self.seq[:, :, col] = torch.where(self.free[:, col], tokens, self.fixed[:, :, col])
+        self.col += 1
+
+    def next_input(self) -> tuple[torch.Tensor, int]:
+        """The column just sampled, for every row [rows, K], and the position it is fed at."""
+        col = self.col - 1
+        return self.seq[:, :, col].repeat(self.copies, 1), self.prefix_len + col
+
+    def codes(self) -> torch.Tensor:
+        """The finished window: codes [B, K, frames], the prompt included, delays undone."""
+        return undo_delays(self.seq, self.frames, self.delays)
+
+
 @torch.inference_mode()
 def generate_window(
     lm: LanguageModel,
@@ -83,38 +151,27 @@ def generate_window(
     Returns:
         codes [B, K, frames], the prompt included, delays undone.
     """
-    cfg = lm.cfg
-    device = lm.embed.weight.device
-    delays = cfg.delays
-    fixed, free = build_fixed(prompt, batch, frames, delays, cfg.card, device)
-    seq = fixed.clone()  # [B, K, L]
-    L = pattern_length(frames, delays)
-    prefix_len = 0 if cond.prefix is None else cond.prefix.shape[1]
-    copies = cond.copies
-    cache = lm.new_cache(copies * batch, prefix_len + L)
+    window = WindowDecoder(lm, cond, batch, frames, params, generator, prompt)
+    return run_window(window, on_step, static)
 
-    # columns 0..Tp (start token and prompt) are known for codebook 0, which has no delay: feed them at once
-    first = 1 + (0 if prompt is None else prompt.shape[-1])
-    known = seq[:, :, :first]
-    logits = prefill(lm, cache, cond, known.repeat(copies, 1, 1))
-    position = torch.full((1,), prefix_len + first, dtype=torch.long, device=device)
-    beta = params.cfg_beta if cond.double else None
-    for col in range(first, L):
-        logits = logits.float()  # guidance and sampling in fp32 whatever the model's dtype
-        if copies > 1:
-            logits = mix_guidance(logits, params.cfg_coef, batch, beta)
-        tokens = sample(logits, params, generator)  # [B, K]
-        seq[:, :, col] = torch.where(free[:, col], tokens, fixed[:, :, col])
+
+def run_window(window: WindowDecoder, on_step: Callable[[], None] | None = None, static: bool = False):
+    """Decodes a window alone, step after step; returns its codes [B, K, frames]."""
+    lm = window.lm
+    logits = window.prefill()
+    position = torch.full((1,), window.prefix_len + window.col, dtype=torch.long, device=logits.device)
+    while True:
+        window.take(logits)
         if on_step is not None:
             on_step()
-        if col + 1 < L:
-            column = seq[:, :, col].repeat(copies, 1)
-            if static:
-                logits = decode_step_static(lm, cache, column, position)
-                position += 1
-            else:
-                logits = decode_step(lm, cache, column, prefix_len + col)
-    return undo_delays(seq, frames, delays)
+        if window.done:
+            return window.codes()
+        column, at = window.next_input()
+        if static:
+            logits = decode_step_static(lm, window.cache, column, position)
+            position += 1
+        else:
+            logits = decode_step(lm, window.cache, column, at)
 
 
 def steps_for(frames: int, prompt_frames: int, delays: list[int]) -> int:
@@ -144,6 +201,57 @@ class LongFormPlan:
             prompt = frames - self.stride
 
 
+class ClipDecoder:
+    """A whole request's decode, window after window (audiocraft's long form): `window` is the one being
+    decoded; `advance` stores it and opens the next, prompted with the end of the last, until `finished`.
+
+    conditions_at(offset_frames) gives each window's conditioning (melody models slide along the melody).
+    """
+
+    def __init__(
+        self,
+        lm: LanguageModel,
+        conditions_at: Callable[[int], WindowConditions],
+        batch: int,
+        plan: LongFormPlan,
+        params: SamplingParams,
+        generator: torch.Generator | None,
+        prompt: torch.Tensor | None = None,
+    ):
+        self.lm, self.conditions_at, self.batch, self.plan = lm, conditions_at, batch, plan
+        self.params, self.generator = params, generator
+        self.pieces = [] if prompt is None else [prompt]
+        self.window_prompt = prompt
+        self.windows = plan.windows(0 if prompt is None else prompt.shape[-1])
+        self.index = 0
+        self.window: WindowDecoder | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.index >= len(self.windows)
+
+    def open_window(self) -> WindowDecoder:
+        """The decoder of the next window (not yet prefilled)."""
+        offset, frames, _ = self.windows[self.index]
+        self.window = WindowDecoder(
+            self.lm, self.conditions_at(offset), self.batch, frames, self.params, self.generator,
+            self.window_prompt,
+        )  # fmt: skip
+        return self.window
+
+    def close_window(self, codes: torch.Tensor) -> None:
+        """Stores a finished window's codes [B, K, frames]."""
+        prompt = self.window_prompt
+        self.pieces.append(codes if prompt is None else codes[:, :, prompt.shape[-1] :])
+        self.window_prompt = codes[:, :, self.plan.stride :]
+        self.window = None
+        self.index += 1
+
+    def codes(self) -> torch.Tensor:
+        """codes [B, K, total], the prompt included."""
+        return torch.cat(self.pieces, dim=-1)
+
+
 def generate_long(
     lm: LanguageModel,
     conditions_at: Callable[[int], WindowConditions],
@@ -159,12 +267,7 @@ def generate_long(
 
     conditions_at(offset_frames) gives each window's conditioning (melody models slide along the melody).
     """
-    pieces = [] if prompt is None else [prompt]
-    window_prompt = prompt
-    for offset, frames, _ in plan.windows(0 if prompt is None else prompt.shape[-1]):
-        codes = generate_window(
-            lm, conditions_at(offset), batch, frames, params, generator, window_prompt, on_step, static
-        )
-        pieces.append(codes if window_prompt is None else codes[:, :, window_prompt.shape[-1] :])
-        window_prompt = codes[:, :, plan.stride :]
-    return torch.cat(pieces, dim=-1)
+    clip = ClipDecoder(lm, conditions_at, batch, plan, params, generator, prompt)
+    while not clip.finished:
+        clip.close_window(run_window(clip.open_window(), on_step, static))
+    return clip.codes()

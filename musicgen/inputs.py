@@ -266,25 +266,38 @@ def declared_inputs_only(fn: _F) -> _F:
     defaults (None for a required input, which the adapter then refuses by name). Cog reads the inputs'
     types through the wrapper (its closure holds one function), so the schema is unchanged.
     """
-    from cog.input import FieldInfo
-
     params = inspect.signature(fn).parameters
-    names = [n for n in params if n != "self"]
+    # the wrappers' closures hold exactly one function, `fn`: Cog unwraps a decorator that way
+    if inspect.iscoroutinefunction(fn):  # Cog serves an async run concurrently: it must stay async
+
+        @functools.wraps(fn)
+        async def checked_async(*args, **inputs):
+            return await fn(*args, **_filled(inputs, params))
+
+        return checked_async  # type: ignore[return-value]
 
     @functools.wraps(fn)
     def checked(*args, **inputs):
-        unknown = sorted(set(inputs) - set(names))
-        if unknown:
-            raise InvalidInputError(
-                f"unknown input{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}: "
-                f"this model takes {', '.join(names)}. Check the spelling, or leave it out."
-            )
-        for name in names:
-            value = inputs.get(name, params[name].default)
-            inputs[name] = value.default if isinstance(value, FieldInfo) else value
-        return fn(*args, **inputs)
+        return fn(*args, **_filled(inputs, params))
 
     return checked  # type: ignore[return-value]
+
+
+def _filled(inputs: dict, params) -> dict:
+    """The inputs with every declared name present (defaults filled); an undeclared name is refused."""
+    from cog.input import FieldInfo
+
+    names = [n for n in params if n != "self"]
+    unknown = sorted(set(inputs) - set(names))
+    if unknown:
+        raise InvalidInputError(
+            f"unknown input{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}: "
+            f"this model takes {', '.join(names)}. Check the spelling, or leave it out."
+        )
+    for name in names:
+        value = inputs.get(name, params[name].default)
+        inputs[name] = value.default if isinstance(value, FieldInfo) else value
+    return inputs
 
 
 # The file input that Cog's fetching errors name: set by `name_file_input_errors`.

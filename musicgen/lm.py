@@ -287,17 +287,44 @@ class LanguageModel(nn.Module):
         caller then runs the general path, which calls the modules.
         """
         if cache.plan is None:
-            cache.plan = _DecodePlan.build(self, cache) or False
-        plan = cache.plan
-        if plan is False:
+            cache.plan = _DecodePlan.build(self) or False
+        if cache.plan is False:
             return None
+        return self._run_script(cache.plan, x, [cache], [pos], [x.shape[0]])
+
+    def decode_plan(self) -> _DecodePlan | None:
+        """The weights the scripted step reads, gathered once (None when a projection is wrapped)."""
+        return _DecodePlan.build(self)
+
+    def decode_jobs(
+        self, plan: _DecodePlan, x: torch.Tensor, caches: list[KVCache], positions: list[int]
+    ) -> torch.Tensor:
+        """One decode position for several jobs in one forward (continuous batching).
+
+        x: [R, D] embeddings, job j's rows contiguous and as many as its cache holds; caches[j] its own
+        cache, positions[j] its position. A job's logits are the same bits as decoding it alone, as long as
+        the step has at least two rows (a lone row is padded with one that attends to nothing).
+        Returns logits [R, K, card].
+        """
+        counts = [c.kv.shape[2] for c in caches]
+        R = x.shape[0]
+        if R == 1:  # never a matrix-vector product: its sums run in another order than a product's
+            x = torch.cat([x, torch.zeros_like(x)])
+        return self._run_script(plan, x, caches, positions, counts)[:R]
+
+    def _run_script(self, plan, x: torch.Tensor, caches: list[KVCache], positions: list[int], counts):
+        starts = [0]
+        for c in counts:
+            starts.append(starts[-1] + c)
+        cross = [_cross_of(c) for c in caches]
         # unoptimized execution (a thread-local switch): no profiling runs and no fusion of operations,
         # so the script runs exactly the kernels eager code runs, on CPU and CUDA alike, and no slower here
         with torch.jit.optimized_execution(False):
             logits = scripted_decode_step()(
-                x, pos, self.positions, plan.norms, plan.weights, plan.packed, plan.cross_weights,
-                plan.cross_packed, cache.kv, self.cfg.num_heads, self.cfg.layer_norm_eps, plan.cross,
-                plan.cross_a, plan.cross_b, plan.cross_bias, plan.fold_rows, plan.fold_leading,
+                x, self.positions, plan.norms, plan.weights, plan.packed, plan.cross_weights,
+                plan.cross_packed, self.cfg.num_heads, self.cfg.layer_norm_eps, starts, positions,
+                [c.kv for c in caches], [k[0] for k in cross], [k[1] for k in cross], [k[2] for k in cross],
+                [k[3] for k in cross], [k[4] for k in cross], [k[5] for k in cross],
             )  # fmt: skip
         return logits.view(x.shape[0], self.cfg.num_codebooks, self.cfg.card)
 
@@ -433,8 +460,8 @@ class LanguageModel(nn.Module):
 
 
 class _DecodePlan:
-    """What `musicgen.decode_script.decode_step` reads besides the activations and the cache, gathered
-    once per window (weights do not change during one); the layout is that module's docstring."""
+    """What `musicgen.decode_script.decode_step` reads besides the activations and the caches: the
+    weights, gathered once (they do not change during a decode); the layout is that module's docstring."""
 
     def __init__(self):
         self.norms: list[torch.Tensor] = []
@@ -442,13 +469,10 @@ class _DecodePlan:
         self.packed: list = []
         self.cross_weights: list[torch.Tensor] = []
         self.cross_packed: list = []
-        self.cross = "none"
-        self.cross_a = self.cross_b = self.cross_bias = self.fold_rows = torch.empty(0)
-        self.fold_leading = False
 
     @classmethod
-    def build(cls, lm: LanguageModel, cache: KVCache) -> _DecodePlan | None:
-        """The plan for `lm` decoding into `cache`, or None when a projection is of neither kind."""
+    def build(cls, lm: LanguageModel) -> _DecodePlan | None:
+        """The plan for `lm`, or None when a projection is of neither kind."""
         plan = cls()
         projections, cross_projections = [], []
         absent = (torch.empty(0), torch.empty(0))  # melody models have no cross-attention norm
@@ -458,7 +482,7 @@ class _DecodePlan:
             plan.norms += [norm_cross.weight, norm_cross.bias] if norm_cross is not None else absent
             plan.norms += [layer.norm2.weight, layer.norm2.bias]
             projections += [layer.self_attn.in_proj, layer.self_attn.out_proj, layer.ff1, layer.ff2]
-            if cache.cross_k is not None:  # plain cross-attention: its query and output projections
+            if lm.cfg.conditioning == "cross":  # plain cross-attention: its query and output projections
                 attn = layer.cross_attn
                 # int8 models split the query rows off the fused in_proj (musicgen.quantize)
                 cross_projections += [attn.q_proj if hasattr(attn, "q_proj") else attn.in_proj, attn.out_proj]
@@ -474,14 +498,20 @@ class _DecodePlan:
             plan.cross_weights = [p.weight[: lm.cfg.dim].t() for p in cross_projections]
         else:
             return None
-        if cache.cross_fold is not None and len(cache.cross_fold.rows) > 0:
-            fold = cache.cross_fold
-            plan.cross, plan.cross_a, plan.cross_b = "folded", fold.scores, fold.values
-            plan.cross_bias, plan.fold_rows, plan.fold_leading = fold.bias, fold.rows, fold.leading
-        elif cache.cross_k is not None:
-            plan.cross, plan.cross_a, plan.cross_b = "plain", cache.cross_k, cache.cross_v
-            plan.cross_bias = cache.cross_bias
         return plan
+
+
+_NONE = torch.empty(0)
+
+
+def _cross_of(cache: KVCache) -> tuple[str, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, bool]:
+    """A cache's cross-attention as the scripted step takes it: (kind, a, b, bias, fold rows, leading)."""
+    fold = cache.cross_fold
+    if fold is not None and len(fold.rows) > 0:
+        return "folded", fold.scores, fold.values, fold.bias, fold.rows, fold.leading
+    if cache.cross_k is not None:
+        return "plain", cache.cross_k, cache.cross_v, cache.cross_bias, _NONE, False
+    return "none", _NONE, _NONE, _NONE, _NONE, False
 
 
 def _projection_kind(linear: nn.Module) -> str | None:

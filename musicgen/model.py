@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -41,6 +42,28 @@ class GenerationResult:
     codes: torch.Tensor
     sample_rate: int
     seed: int
+
+
+@dataclass
+class PreparedJob:
+    """A generate call with its inputs checked and encoded, ready for the decode loop (`MusicGen.prepare`).
+
+    conditions_at(offset_frames) gives each window's conditioning (CFG rows included); prompt: codes
+    [B, K, Tp] to continue, or None; steps: decode steps in all.
+    """
+
+    batch: int
+    conditions_at: Callable[[int], WindowConditions]
+    plan: LongFormPlan
+    prompt: torch.Tensor | None
+    sampling: SamplingParams
+    seed: int
+    steps: int
+    device: torch.device
+
+    def generator(self) -> torch.Generator:
+        """The sampling generator, seeded: the only one the decode draws from."""
+        return torch.Generator(self.device).manual_seed(self.seed)
 
 
 class MusicGen:
@@ -135,6 +158,48 @@ class MusicGen:
             style_eval_q: style codebooks used, 1 to 6 (default 3): more follows the excerpt more closely.
             sampling.cfg_beta: double guidance (style models), weighing the text against the style.
         """
+        job = self.prepare(
+            prompts, duration=duration, melody=melody, continuation=continuation, sampling=sampling,
+            seed=seed, batch_size=batch_size, extend_stride=extend_stride, melody_stems=melody_stems,
+            style=style, style_excerpt_length=style_excerpt_length, style_excerpt_start=style_excerpt_start,
+            style_eval_q=style_eval_q,
+        )  # fmt: skip
+        with tqdm(total=job.steps, disable=not progress, unit="step", desc="generating") as bar:
+            codes = generate_long(
+                self.lm,
+                job.conditions_at,
+                job.batch,
+                job.plan,
+                job.sampling,
+                job.generator(),
+                job.prompt,
+                on_step=lambda: bar.update(),
+                static=self.static_decode,
+            )
+        return self.finish(codes, job.seed)
+
+    @torch.inference_mode()
+    def prepare(
+        self,
+        prompts: list[str | None] | str | None = None,
+        *,
+        duration: float = 8.0,
+        melody: torch.Tensor | None = None,
+        continuation: torch.Tensor | None = None,
+        sampling: SamplingParams = SamplingParams(),
+        seed: int | None = None,
+        batch_size: int | None = None,
+        extend_stride: float = DEFAULT_STRIDE_SECONDS,
+        melody_stems: str = "auto",
+        style: torch.Tensor | list[torch.Tensor | None] | None = None,
+        style_excerpt_length: float | None = None,
+        style_excerpt_start: float | None = None,
+        style_eval_q: int | None = None,
+    ) -> PreparedJob:
+        """Everything `generate` does before its first decode step, with the same arguments: every input
+        checked, the text, melody, style and audio prompt encoded. The decode loop (`generate`'s, or the
+        batcher's in musicgen.batching) then only steps the language model.
+        """
         if isinstance(prompts, str) or prompts is None:
             prompts = [prompts] * (batch_size or 1)
         B = len(prompts)
@@ -181,7 +246,6 @@ class MusicGen:
                     "continued audio): ask for a longer duration or cut the audio."
                 )
         stems = self._stem_remover(melody_stems) if melody is not None else None
-        generator = torch.Generator(self.device).manual_seed(seed)
 
         window = int(MAX_WINDOW_SECONDS * rate)
         plan = LongFormPlan(total=total, window=window, stride=int(extend_stride * rate))
@@ -193,18 +257,13 @@ class MusicGen:
         )
         tp = 0 if prompt_codes is None else prompt_codes.shape[-1]
         steps = sum(steps_for(f, p, self.config.lm.delays) for _, f, p in plan.windows(tp))
-        with tqdm(total=steps, disable=not progress, unit="step", desc="generating") as bar:
-            codes = generate_long(
-                self.lm,
-                conditions_at,
-                B,
-                plan,
-                sampling,
-                generator,
-                prompt_codes,
-                on_step=lambda: bar.update(),
-                static=self.static_decode,
-            )
+        return PreparedJob(
+            batch=B, conditions_at=conditions_at, plan=plan, prompt=prompt_codes, sampling=sampling,
+            seed=seed, steps=steps, device=self.device,
+        )  # fmt: skip
+
+    def finish(self, codes: torch.Tensor, seed: int) -> GenerationResult:
+        """codes [B, K, T] -> the result, audio decoded by EnCodec."""
         audio = self.codec.decode(codes)
         return GenerationResult(
             audio=audio.cpu(), codes=codes.cpu(), sample_rate=self.config.sample_rate, seed=seed

@@ -16,6 +16,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+import threading
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -72,6 +73,8 @@ class ModelCache:
         self.memory_budget = memory_budget
         self.reserve_bytes = reserve_bytes
         self._models: OrderedDict[tuple[str, str | None], tuple[MusicGen, int]] = OrderedDict()
+        # concurrent predictions ask from several threads: one loads, the others wait for it
+        self._lock = threading.RLock()
 
     def keys(self) -> list[tuple[str, str | None]]:
         """(model, fine-tuned file) of the loaded models, least recently used first."""
@@ -80,8 +83,13 @@ class ModelCache:
     def get(self, model: str, finetuned: Path | None = None, download: bool = True) -> MusicGen:
         """The model `model` (variant name, Hub id or folder), with fine-tuned weights applied if given.
 
-        Fine-tuned weights are checked against `model` before anything heavy is loaded.
+        Fine-tuned weights are checked against `model` before anything heavy is loaded. Thread-safe.
+        A model evicted while a request still decodes with it is freed when that request ends.
         """
+        with self._lock:
+            return self._get(model, finetuned, download)
+
+    def _get(self, model: str, finetuned: Path | None, download: bool) -> MusicGen:
         from .finetuned import apply_finetuned, check_base, load_finetuned
         from .loading import build_model, load_checkpoint
 
@@ -245,9 +253,9 @@ def _keep_newest(folder: Path, pattern: str, count: int, keep: Path) -> None:
 class OutputFiles:
     """Paths for the files a server hands back, each removed once a later one is asked for.
 
-    A Cog server sends a prediction's output (inline or uploaded) before it takes the next prediction, so
-    when the `keep + 1`-th newer file is asked for, an older one has been sent and only fills the disk: it
-    is removed with its folder. Each file gets a folder of its own, so its name (`output.wav`) stays what
+    A Cog server sends a prediction's output (inline or uploaded) as soon as the prediction returns, and
+    runs at most N predictions at once, so with `keep` at least 2N, when the `keep + 1`-th newer file is
+    asked for, an older one has been sent and only fills the disk: it is removed with its folder. Each file gets a folder of its own, so its name (`output.wav`) stays what
     the caller asked for. Everything left is removed when the process exits.
     """
 
@@ -255,13 +263,15 @@ class OutputFiles:
         self.folder = Path(tempfile.mkdtemp(prefix=prefix))
         self.keep = keep
         self._made: deque[Path] = deque()
+        self._lock = threading.Lock()  # concurrent predictions write their files from several threads
         atexit.register(shutil.rmtree, self.folder, ignore_errors=True)
 
     def new(self, name: str) -> Path:
         """A path called `name` in a new folder; files made before the last `keep` are removed first."""
-        while len(self._made) >= self.keep:
-            shutil.rmtree(self._made.popleft(), ignore_errors=True)
-        self.folder.mkdir(parents=True, exist_ok=True)  # the OS may have cleaned the temporary folder
-        folder = Path(tempfile.mkdtemp(dir=self.folder))
-        self._made.append(folder)
-        return folder / name
+        with self._lock:
+            while len(self._made) >= self.keep:
+                shutil.rmtree(self._made.popleft(), ignore_errors=True)
+            self.folder.mkdir(parents=True, exist_ok=True)  # the OS may have cleaned the temporary folder
+            folder = Path(tempfile.mkdtemp(dir=self.folder))
+            self._made.append(folder)
+            return folder / name

@@ -88,7 +88,9 @@ def _predict_inputs() -> dict[str, tuple[ast.expr, ast.Call]]:
     """Runner.run()'s parameters: name -> (annotation node, the `Input(...)` call that is its default)."""
     tree = ast.parse(PREDICT_SOURCE)
     cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == RUNNER_CLASS)
-    fn = next(n for n in cls.body if isinstance(n, ast.FunctionDef) and n.name == RUN_METHOD)
+    fn = next(
+        n for n in cls.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef) and n.name == RUN_METHOD
+    )
     params = fn.args.args[1:]  # after self
     defaults = fn.args.defaults
     assert len(defaults) == len(params), "every run() parameter needs an Input(...) default"
@@ -148,7 +150,7 @@ def test_run_and_train_point_at_what_the_files_define(config):
     runner = _module_level(REPO_ROOT / run_file).get(run_name)
     assert isinstance(runner, ast.ClassDef), f"{run_file} defines no class {run_name}"
     assert [ast.unparse(b) for b in runner.bases] == ["BaseRunner"]
-    methods = {n.name for n in runner.body if isinstance(n, ast.FunctionDef)}
+    methods = {n.name for n in runner.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)}
     # coglet serves run(); a class with predict() (or both) is the deprecated form, or refused
     assert {"setup", "run"} <= methods and "predict" not in methods, methods
 

@@ -9,6 +9,7 @@ a model cache that refuses to load anything can be put in.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import inspect
@@ -686,12 +687,12 @@ def test_trained_weights_from_cog_weights(server, weights_dir, finetuned_files, 
 
 
 def call_predict(predictor, **inputs):
-    """runner.run with Cog's defaults filled in, as the server calls it."""
+    """runner.run with Cog's defaults filled in, as the server calls it (run is async: awaited here)."""
     from predict import Runner
 
     params = inspect.signature(Runner.run).parameters
     args = {name: p.default.default for name, p in params.items() if name != "self"}
-    return predictor.run(**{**args, **inputs})
+    return asyncio.run(predictor.run(**{**args, **inputs}))
 
 
 class _NoModels:
@@ -770,15 +771,18 @@ def test_setup_weights_become_the_default(weights_dir, finetuned_files, monkeypa
         call_predict(predictor, model_version="stereo-small", duration=1)
 
 
-def test_each_prediction_keeps_only_the_newest_output(weights_dir, monkeypatch):
+def test_each_prediction_keeps_only_the_newest_outputs(weights_dir, monkeypatch):
     from predict import Runner
 
     monkeypatch.setenv("MUSICGEN_WEIGHTS_DIR", str(weights_dir))
+    monkeypatch.setenv("COG_MAX_CONCURRENCY", "1")  # one at a time: the two newest files are kept
     runner = Runner()
     runner.setup()
     first = call_predict(runner, model_version="small", duration=1, seed=1)
-    second = call_predict(runner, model_version="small", duration=1, seed=1, output_format="mp3")
-    assert second.is_file() and second.name == "output.mp3"
-    # the server sent the first before it took the second: its file and folder are gone
+    second = call_predict(runner, model_version="small", duration=1, seed=1, output_format="flac")
+    third = call_predict(runner, model_version="small", duration=1, seed=1, output_format="mp3")
+    assert third.is_file() and third.name == "output.mp3" and second.is_file()
+    # the server sent the first before the third was asked for: its file and folder are gone
     assert not first.exists() and not first.parent.exists()
-    assert [p.name for p in runner.outputs.folder.rglob("*") if p.is_file()] == ["output.mp3"]
+    files = sorted(p.name for p in runner.outputs.folder.rglob("*") if p.is_file())
+    assert files == ["output.flac", "output.mp3"]

@@ -1,0 +1,290 @@
+"""Continuous batching: the requests of one model decoded together, one forward per step for all of them.
+
+A decode step reads every weight of the language model once, whatever the batch, so a device that decodes
+one clip at a time leaves most of its memory bandwidth unused. `Batcher` runs one decode thread per model:
+`submit` queues a prepared request (`MusicGen.prepare`), and at the next step the thread prefills it alone
+and its rows join the shared step (continuous batching, as text-LLM servers do: nobody waits for a running
+batch to end). A request leaves as soon as its clip is done, cancelled, or failed.
+
+Nothing of a request depends on its batch-mates. Each request keeps its own key/value cache, positions and
+prefix; attention runs request by request over exactly its own positions (`LanguageModel.decode_jobs`); it
+samples with its own settings and its own seeded generator. Only the matrix products are shared, and a
+product of two rows or more gives each row the same bits whatever the other rows (measured on CPU; a lone
+row is padded to two). So the same request with the same seed gives the same codes alone or in any batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import torch
+
+from .errors import MusicGenError
+from .generation import ClipDecoder
+
+# clips decoded together by default: on a GPU a step costs little more for 16 clips than for one (weight
+# reads dominate, docs/PERFORMANCE.md); on CPU the products become compute-bound sooner
+DEFAULT_MAX_BATCH = {"cuda": 16, "cpu": 4}
+MAX_BATCH_ENV = "MUSICGEN_MAX_BATCH"
+
+
+def max_batch_for(device: torch.device) -> int:
+    """Clips per shared decode: MUSICGEN_MAX_BATCH, else the device's default."""
+    text = os.environ.get(MAX_BATCH_ENV, "").strip()
+    if text:
+        if not text.isdigit() or int(text) < 1:
+            raise MusicGenError(f"{MAX_BATCH_ENV}={text!r}: set it to a whole number of clips, 1 or more.")
+        return int(text)
+    return DEFAULT_MAX_BATCH.get(device.type, DEFAULT_MAX_BATCH["cpu"])
+
+
+class RequestCancelled(MusicGenError):
+    """The request was cancelled before its clip was done."""
+
+
+@dataclass
+class Ticket:
+    """A submitted request: the future of its codes [B, K, T], and what happened to it (for its log)."""
+
+    job: object  # musicgen.model.PreparedJob
+    future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
+    queued_at: float = field(default_factory=time.monotonic)
+    joined_at: float | None = None
+    first_step_at: float | None = None
+    batch_id: int | None = None
+    batch_clips: int | None = None  # clips in the shared decode when it joined, itself included
+    steps: int = 0
+    _cancelled: threading.Event = field(default_factory=threading.Event)
+
+    def cancel(self) -> None:
+        """Removes the request at the next step (or before it starts)."""
+        self._cancelled.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    def result(self, timeout: float | None = None) -> torch.Tensor:
+        """Blocks until the codes are there; raises the request's error, or RequestCancelled."""
+        return self.future.result(timeout)
+
+    async def wait(self) -> torch.Tensor:
+        """Awaits the codes; if the awaiting task is cancelled, the request is cancelled with it."""
+        try:
+            return await asyncio.wrap_future(self.future)
+        except asyncio.CancelledError:
+            self.cancel()
+            raise
+
+    def summary(self) -> str:
+        """One line for the request's log: queueing, the batch it joined, its time to first step."""
+        if self.joined_at is None:
+            return f"waited {time.monotonic() - self.queued_at:.2f} s in the queue and never started"
+        first = (
+            "" if self.first_step_at is None else f", first step {self.first_step_at - self.queued_at:.2f} s"
+        )
+        return (
+            f"queued {self.joined_at - self.queued_at:.2f} s, joined batch {self.batch_id} with "
+            f"{self.batch_clips} clip{'s' if self.batch_clips != 1 else ''} (itself included){first} after "
+            f"it was queued, {self.steps} steps"
+        )
+
+
+class _Running:
+    """A request inside the shared decode: its clip decoder and the logits its next sample is drawn from."""
+
+    def __init__(self, ticket: Ticket, lm):
+        job = ticket.job
+        self.ticket = ticket
+        self.clip = ClipDecoder(
+            lm, job.conditions_at, job.batch, job.plan, job.sampling, job.generator(), job.prompt
+        )
+        self.logits = self.clip.open_window().prefill()
+        self.pending_prefill = False  # logits from a prefill: sampled at the next round, not stepped
+
+    @property
+    def clips(self) -> int:
+        return self.ticket.job.batch
+
+
+class Batcher:
+    """Decodes the requests of one model together (see the module docstring).
+
+    Args:
+        model: the `MusicGen` the requests were prepared with.
+        max_batch: at most this many clips in the shared decode; later requests wait for room.
+    """
+
+    def __init__(self, model, max_batch: int | None = None):
+        self.model = model
+        self.max_batch = max_batch or max_batch_for(model.device)
+        self._lock = threading.Lock()
+        self._queue: deque[Ticket] = deque()
+        self._thread: threading.Thread | None = None
+        self._batches = 0
+        self.running_clips = 0  # for the logs: clips in the shared decode now
+
+    def submit(self, job) -> Ticket:
+        """Queues a prepared request (`MusicGen.prepare` of this batcher's model); returns its ticket."""
+        ticket = Ticket(job)
+        with self._lock:
+            self._queue.append(ticket)
+            if self._thread is None:
+                self._batches += 1
+                self._thread = threading.Thread(
+                    target=self._decode, args=(self._batches,), name=f"musicgen-batch-{self._batches}",
+                    daemon=True,
+                )  # fmt: skip
+                self._thread.start()
+        return ticket
+
+    @property
+    def waiting(self) -> int:
+        """Requests queued and not yet decoding."""
+        return len(self._queue)
+
+    def _admit(self, running: list[_Running]) -> list[Ticket] | None:
+        """The queued tickets that fit now; None when nothing runs or waits (the thread then ends)."""
+        with self._lock:
+            if not self._queue and not running:
+                self._thread = None
+                return None
+            clips = sum(r.clips for r in running)
+            taken = []
+            while self._queue and (clips == 0 or clips + self._queue[0].job.batch <= self.max_batch):
+                ticket = self._queue.popleft()
+                taken.append(ticket)
+                clips += ticket.job.batch
+            return taken
+
+    def _decode(self, batch_id: int) -> None:
+        lm = self.model.lm
+        with torch.inference_mode():
+            plan = lm.decode_plan()
+            running: list[_Running] = []
+            while (admitted := self._admit(running)) is not None:
+                for ticket in admitted:
+                    if ticket.cancelled:
+                        _fail(ticket, RequestCancelled("the request was cancelled while it was queued."))
+                        continue
+                    try:
+                        running.append(_Running(ticket, lm))
+                    except Exception as err:  # noqa: BLE001 - its own request fails, the batch goes on
+                        _fail(ticket, err)
+                        continue
+                    ticket.joined_at, ticket.batch_id = time.monotonic(), batch_id
+                for r in running:
+                    if r.ticket.batch_clips is None:
+                        r.ticket.batch_clips = sum(x.clips for x in running)
+                self.running_clips = sum(r.clips for r in running)
+                running = self._sample(running)
+                if running:
+                    self._step(plan, running)
+            self.running_clips = 0
+
+    def _sample(self, running: list[_Running]) -> list[_Running]:
+        """Each request draws its column from its pending logits; finished windows open the next one.
+        Returns the requests that go on."""
+        going = []
+        for r in running:
+            ticket = r.ticket
+            if ticket.cancelled:
+                _fail(ticket, RequestCancelled("the request was cancelled."))
+                continue
+            try:
+                window = r.clip.window
+                window.take(r.logits)
+                ticket.steps += 1
+                if ticket.first_step_at is None:
+                    ticket.first_step_at = time.monotonic()
+                if window.done:
+                    r.clip.close_window(window.codes())
+                    if r.clip.finished:
+                        ticket.future.set_result(r.clip.codes())
+                        continue
+                    r.logits = r.clip.open_window().prefill()  # the next window of a long clip
+                    r.pending_prefill = True
+            except Exception as err:  # noqa: BLE001 - its own request fails, the batch goes on
+                _fail(ticket, err)
+                continue
+            going.append(r)
+        return going
+
+    def _step(self, plan, running: list[_Running]) -> None:
+        """One shared forward for the requests whose next column is sampled (not those just prefilled)."""
+        feeding = [r for r in running if not r.pending_prefill]
+        for r in running:
+            r.pending_prefill = False
+        if not feeding:
+            return
+        try:
+            self._forward(plan, feeding)
+        except Exception:  # noqa: BLE001 - find the request that fails alone; the others go on
+            for r in feeding:
+                try:
+                    self._forward(plan, [r])
+                except Exception as err:  # noqa: BLE001
+                    _fail(r.ticket, err)
+                    running.remove(r)
+
+    def _forward(self, plan, feeding: list[_Running]) -> None:
+        lm = self.model.lm
+        columns, caches, positions = [], [], []
+        for r in feeding:
+            column, position = r.clip.window.next_input()
+            columns.append(column)
+            caches.append(r.clip.window.cache)
+            positions.append(position)
+        x = lm.embed_codes(torch.cat(columns)[:, :, None])[:, 0]  # [R, D]
+        if plan is None:  # projections wrapped (adapters): each request alone through the modules
+            logits = torch.cat(
+                [lm.forward_embeds(x_r[:, None], c, p) for x_r, c, p in _split(x, caches, positions)]
+            )
+        else:
+            logits = lm.decode_jobs(plan, x, caches, positions)  # [R, K, V]
+        start = 0
+        for r, cache in zip(feeding, caches, strict=True):
+            rows = cache.kv.shape[2]
+            r.logits = logits[start : start + rows]
+            start += rows
+
+
+def _split(x: torch.Tensor, caches, positions):
+    start = 0
+    for cache, position in zip(caches, positions, strict=True):
+        rows = cache.kv.shape[2]
+        yield x[start : start + rows], cache, position
+        start += rows
+
+
+def _fail(ticket: Ticket, err: BaseException) -> None:
+    if not ticket.future.done():
+        ticket.future.set_exception(err)
+
+
+class Batchers:
+    """One `Batcher` per loaded model (a fine-tune is a model of its own, so fine-tunes never share a
+    forward), made on first use."""
+
+    def __init__(self, max_batch: int | None = None):
+        self.max_batch = max_batch
+        self._lock = threading.Lock()
+        self._by_model: dict[int, Batcher] = {}
+
+    def submit(self, model, job) -> tuple[Ticket, Batcher]:
+        """Queues `job` (prepared by `model`) with the model's batcher; returns its ticket and batcher."""
+        with self._lock:
+            # a model evicted from the cache leaves a batcher that is idle; drop those of other models
+            batcher = self._by_model.get(id(model))
+            if batcher is None or batcher.model is not model:
+                self._by_model = {
+                    k: b for k, b in self._by_model.items() if b._thread is not None and b.model is not model
+                }
+                batcher = self._by_model[id(model)] = Batcher(model, self.max_batch)
+        return batcher.submit(job), batcher
