@@ -184,7 +184,7 @@ class Runner(BaseRunner):
         print(f"model_version: {request.model_version}, seed: {request.job.seed}")
         ticket, batcher = self.batchers.submit(request.model, request.job)
         print(
-            f"queued behind {batcher.waiting - 1} request(s), {batcher.running_clips} clip(s) decoding; "
+            f"queued with {batcher.waiting} request(s) waiting and {batcher.running_clips} clip(s) decoding; "
             f"{request.job.steps} steps to go"
         )
         codes = await ticket.wait()

@@ -20,6 +20,7 @@ import concurrent.futures
 import os
 import threading
 import time
+import weakref
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -122,7 +123,8 @@ class Batcher:
     """
 
     def __init__(self, model, max_batch: int | None = None):
-        self.model = model
+        # held weakly: a model the cache evicts is freed once its last request is done, not kept alive here
+        self._model = weakref.ref(model)
         self.max_batch = max_batch or max_batch_for(model.device)
         self._lock = threading.Lock()
         self._queue: deque[Ticket] = deque()
@@ -163,11 +165,17 @@ class Batcher:
                 clips += ticket.job.batch
             return taken
 
+    @property
+    def model(self):
+        """The model (None once it was freed)."""
+        return self._model()
+
     def _decode(self, batch_id: int) -> None:
-        lm = self.model.lm
+        lm = self._model().lm  # queued requests hold the model (their conditioning refers to it)
         with torch.inference_mode():
             plan = lm.decode_plan()
             running: list[_Running] = []
+            self._lm = lm
             while (admitted := self._admit(running)) is not None:
                 for ticket in admitted:
                     if ticket.cancelled:
@@ -187,6 +195,7 @@ class Batcher:
                 if running:
                     self._step(plan, running)
             self.running_clips = 0
+            self._lm = None
 
     def _sample(self, running: list[_Running]) -> list[_Running]:
         """Each request draws its column from its pending logits; finished windows open the next one.
@@ -234,7 +243,7 @@ class Batcher:
                     running.remove(r)
 
     def _forward(self, plan, feeding: list[_Running]) -> None:
-        lm = self.model.lm
+        lm = self._lm
         columns, caches, positions = [], [], []
         for r in feeding:
             column, position = r.clip.window.next_input()
@@ -280,11 +289,9 @@ class Batchers:
     def submit(self, model, job) -> tuple[Ticket, Batcher]:
         """Queues `job` (prepared by `model`) with the model's batcher; returns its ticket and batcher."""
         with self._lock:
-            # a model evicted from the cache leaves a batcher that is idle; drop those of other models
+            # batchers of freed models go (an id can be reused by a new object: the weak reference tells)
+            self._by_model = {k: b for k, b in self._by_model.items() if b.model is not None}
             batcher = self._by_model.get(id(model))
             if batcher is None or batcher.model is not model:
-                self._by_model = {
-                    k: b for k, b in self._by_model.items() if b._thread is not None and b.model is not model
-                }
                 batcher = self._by_model[id(model)] = Batcher(model, self.max_batch)
-        return batcher.submit(job), batcher
+            return batcher.submit(job), batcher
