@@ -10,6 +10,7 @@ by `cog build`) has no OpenAPI schema and hands run() whatever JSON it got; ever
 import asyncio
 import contextlib
 import os
+import time
 from dataclasses import dataclass
 
 import cog
@@ -184,7 +185,7 @@ class Runner(BaseRunner):
         print(f"model_version: {request.model_version}, seed: {request.job.seed}")
         ticket, batcher = self.batchers.submit(request.model, request.job)
         print(
-            f"queued with {batcher.waiting} request(s) waiting and {batcher.running_clips} clip(s) decoding; "
+            f"queued at {time.strftime('%H:%M:%S')} with {batcher.waiting} request(s) waiting and {batcher.running_clips} clip(s) decoding; "
             f"{request.job.steps} steps to go"
         )
         codes = await ticket.wait()
