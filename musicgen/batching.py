@@ -131,6 +131,7 @@ class Batcher:
         self._thread: threading.Thread | None = None
         self._batches = 0
         self.running_clips = 0  # for the logs: clips in the shared decode now
+        self._lm = None  # the language model while the decode thread runs
 
     def submit(self, job) -> Ticket:
         """Queues a prepared request (`MusicGen.prepare` of this batcher's model); returns its ticket."""
@@ -152,17 +153,28 @@ class Batcher:
         return len(self._queue)
 
     def _admit(self, running: list[_Running]) -> list[Ticket] | None:
-        """The queued tickets that fit now; None when nothing runs or waits (the thread then ends)."""
+        """The queued tickets that fit now; None when nothing runs or waits (the thread then ends).
+
+        A request fits when the clips stay within max_batch and, on a GPU, its key/value caches fit in
+        the free memory (a request alone always starts, as it would without batching).
+        """
         with self._lock:
             if not self._queue and not running:
                 self._thread = None
                 return None
             clips = sum(r.clips for r in running)
+            free = _free_device_bytes(self._lm)
             taken = []
-            while self._queue and (clips == 0 or clips + self._queue[0].job.batch <= self.max_batch):
-                ticket = self._queue.popleft()
-                taken.append(ticket)
-                clips += ticket.job.batch
+            while self._queue:
+                job = self._queue[0].job
+                need = cache_bytes(self._lm, job)
+                alone = clips == 0
+                if not alone and (clips + job.batch > self.max_batch or (free is not None and need > free)):
+                    break
+                taken.append(self._queue.popleft())
+                clips += job.batch
+                if free is not None:
+                    free -= need
             return taken
 
     @property
@@ -171,29 +183,38 @@ class Batcher:
         return self._model()
 
     def _decode(self, batch_id: int) -> None:
-        lm = self._model().lm  # queued requests hold the model (their conditioning refers to it)
-        with torch.inference_mode():
-            plan = lm.decode_plan()
-            running: list[_Running] = []
-            self._lm = lm
-            while (admitted := self._admit(running)) is not None:
-                for ticket in admitted:
-                    if ticket.cancelled:
-                        _fail(ticket, RequestCancelled("the request was cancelled while it was queued."))
-                        continue
-                    try:
-                        running.append(_Running(ticket, lm))
-                    except Exception as err:  # noqa: BLE001 - its own request fails, the batch goes on
-                        _fail(ticket, err)
-                        continue
-                    ticket.joined_at, ticket.batch_id = time.monotonic(), batch_id
-                for r in running:
-                    if r.ticket.batch_clips is None:
-                        r.ticket.batch_clips = sum(x.clips for x in running)
-                self.running_clips = sum(r.clips for r in running)
-                running = self._sample(running)
-                if running:
-                    self._step(plan, running)
+        running: list[_Running] = []
+        try:
+            self._lm = lm = self._model().lm  # queued requests hold the model (their conditioning does)
+            with torch.inference_mode():
+                plan = lm.decode_plan()
+                while (admitted := self._admit(running)) is not None:
+                    for ticket in admitted:
+                        if ticket.cancelled:
+                            _fail(ticket, RequestCancelled("the request was cancelled while it was queued."))
+                            continue
+                        try:
+                            running.append(_Running(ticket, lm))
+                        except Exception as err:  # noqa: BLE001 - its own request fails, the batch goes on
+                            _fail(ticket, err)
+                            continue
+                        ticket.joined_at, ticket.batch_id = time.monotonic(), batch_id
+                    for r in running:
+                        if r.ticket.batch_clips is None:
+                            r.ticket.batch_clips = sum(x.clips for x in running)
+                    self.running_clips = sum(r.clips for r in running)
+                    running = self._sample(running)
+                    if running:
+                        self._step(lm, plan, running)
+        except BaseException as err:  # a fault of the loop itself: no request may wait forever
+            with self._lock:
+                stranded = [r.ticket for r in running] + list(self._queue)
+                self._queue.clear()
+                self._thread = None
+            for ticket in stranded:
+                _fail(ticket, err)
+            raise
+        finally:
             self.running_clips = 0
             self._lm = None
 
@@ -225,7 +246,7 @@ class Batcher:
             going.append(r)
         return going
 
-    def _step(self, plan, running: list[_Running]) -> None:
+    def _step(self, lm, plan, running: list[_Running]) -> None:
         """One shared forward for the requests whose next column is sampled (not those just prefilled)."""
         feeding = [r for r in running if not r.pending_prefill]
         for r in running:
@@ -233,35 +254,36 @@ class Batcher:
         if not feeding:
             return
         try:
-            self._forward(plan, feeding)
+            _forward(lm, plan, feeding)
         except Exception:  # noqa: BLE001 - find the request that fails alone; the others go on
             for r in feeding:
                 try:
-                    self._forward(plan, [r])
+                    _forward(lm, plan, [r])
                 except Exception as err:  # noqa: BLE001
                     _fail(r.ticket, err)
                     running.remove(r)
 
-    def _forward(self, plan, feeding: list[_Running]) -> None:
-        lm = self._lm
-        columns, caches, positions = [], [], []
-        for r in feeding:
-            column, position = r.clip.window.next_input()
-            columns.append(column)
-            caches.append(r.clip.window.cache)
-            positions.append(position)
-        x = lm.embed_codes(torch.cat(columns)[:, :, None])[:, 0]  # [R, D]
-        if plan is None:  # projections wrapped (adapters): each request alone through the modules
-            logits = torch.cat(
-                [lm.forward_embeds(x_r[:, None], c, p) for x_r, c, p in _split(x, caches, positions)]
-            )
-        else:
-            logits = lm.decode_jobs(plan, x, caches, positions)  # [R, K, V]
-        start = 0
-        for r, cache in zip(feeding, caches, strict=True):
-            rows = cache.kv.shape[2]
-            r.logits = logits[start : start + rows]
-            start += rows
+
+def _forward(lm, plan, feeding: list[_Running]) -> None:
+    """One forward of the language model for `feeding`; stores each request's logits."""
+    columns, caches, positions = [], [], []
+    for r in feeding:
+        column, position = r.clip.window.next_input()
+        columns.append(column)
+        caches.append(r.clip.window.cache)
+        positions.append(position)
+    x = lm.embed_codes(torch.cat(columns)[:, :, None])[:, 0]  # [R, D]
+    if plan is None:  # projections wrapped (adapters): each request alone through the modules
+        logits = torch.cat(
+            [lm.forward_embeds(x_r[:, None], c, p) for x_r, c, p in _split(x, caches, positions)]
+        )
+    else:
+        logits = lm.decode_jobs(plan, x, caches, positions)  # [R, K, V]
+    start = 0
+    for r, cache in zip(feeding, caches, strict=True):
+        rows = cache.kv.shape[2]
+        r.logits = logits[start : start + rows]
+        start += rows
 
 
 def _split(x: torch.Tensor, caches, positions):
@@ -270,6 +292,29 @@ def _split(x: torch.Tensor, caches, positions):
         rows = cache.kv.shape[2]
         yield x[start : start + rows], cache, position
         start += rows
+
+
+def cache_bytes(lm, job) -> int:
+    """Bytes of the key/value caches a request's first window takes (its prefix counted at 512 tokens)."""
+    if lm is None:
+        return 0
+    cfg = lm.cfg
+    rows = job.batch * (3 if job.sampling.cfg_beta is not None else 2)
+    _, frames, _ = job.plan.windows(0 if job.prompt is None else job.prompt.shape[-1])[0]
+    positions = 512 + frames + max(cfg.delays) + 1
+    return 2 * cfg.num_layers * rows * cfg.dim * positions * lm.embed.weight.element_size()
+
+
+# left free on a GPU beside the caches of admitted requests: activations, T5, EnCodec, the allocator's slack
+_DEVICE_MARGIN_BYTES = 2 * 1024**3
+
+
+def _free_device_bytes(lm) -> int | None:
+    """Free memory of the language model's GPU minus a margin; None on CPU (the model cache bounds it)."""
+    if lm is None or lm.embed.weight.device.type != "cuda":
+        return None
+    free, _ = torch.cuda.mem_get_info(lm.embed.weight.device)
+    return free - _DEVICE_MARGIN_BYTES
 
 
 def _fail(ticket: Ticket, err: BaseException) -> None:
