@@ -60,6 +60,8 @@ class Ticket:
     first_step_at: float | None = None
     batch_id: int | None = None
     batch_clips: int | None = None  # clips in the shared decode when it joined, itself included
+    ahead: int = 0  # requests queued before it, when it was submitted
+    decoding: int = 0  # clips in the shared decode when it was submitted
     steps: int = 0
     _cancelled: threading.Event = field(default_factory=threading.Event)
 
@@ -137,6 +139,7 @@ class Batcher:
         """Queues a prepared request (`MusicGen.prepare` of this batcher's model); returns its ticket."""
         ticket = Ticket(job)
         with self._lock:
+            ticket.ahead, ticket.decoding = len(self._queue), self.running_clips
             self._queue.append(ticket)
             if self._thread is None:
                 self._batches += 1
