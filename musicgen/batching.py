@@ -6,11 +6,19 @@ one clip at a time leaves most of its memory bandwidth unused. `Batcher` runs on
 and its rows join the shared step (continuous batching, as text-LLM servers do: nobody waits for a running
 batch to end). A request leaves as soon as its clip is done, cancelled, or failed.
 
-Nothing of a request depends on its batch-mates. Each request keeps its own key/value cache, positions and
-prefix; attention runs request by request over exactly its own positions (`LanguageModel.decode_jobs`); it
-samples with its own settings and its own seeded generator. Only the matrix products are shared, and a
-product of two rows or more gives each row the same bits whatever the other rows (measured on CPU; a lone
-row is padded to two). So the same request with the same seed gives the same codes alone or in any batch.
+Nothing of a request depends on its batch-mates but the order in which a matrix product sums. Each
+request keeps its own key/value cache, positions and prefix; attention runs request by request over
+exactly its own positions (`LanguageModel.decode_jobs`); it samples with its own settings and its own
+seeded generator. Only the matrix products are shared. On CPU (MKL) a product gives each row the same bits
+for any number of rows from 2 up to a threshold that depends on the shape (16 rows for every projection of
+small, medium and large; a lone row is padded to two, since a matrix-vector product sums in another
+order): the default CPU batch of 4 clips (at most 12 rows) stays under it, and a request then gets the
+same codes, bit for bit, alone or in any batch. Past the threshold (a larger MUSICGEN_MAX_BATCH, a GPU,
+whose libraries choose kernels by shape too) the logits of a row differ by ~1e-6 relative, which changes a
+sampled token only at a near-tie; tests/test_batching.py measures it on the tiny models (their thresholds
+are 3 and 6 rows): every code equal, and tests/test_gpu.py holds a GPU to 99 % of codes.
+int8 models (musicgen.quantize, CLI only) quantize a product's activations with one scale for all its
+rows, so there every request runs its own forward.
 """
 
 from __future__ import annotations
@@ -74,7 +82,8 @@ class Ticket:
         return self._cancelled.is_set()
 
     def result(self, timeout: float | None = None) -> torch.Tensor:
-        """Blocks until the codes are there; raises the request's error, or RequestCancelled."""
+        """Blocks until the codes are there; raises the request's error, RequestCancelled, or
+        concurrent.futures.CancelledError when `wait` was cancelled (which cancels the future too)."""
         return self.future.result(timeout)
 
     async def wait(self) -> torch.Tensor:
@@ -279,6 +288,10 @@ def _forward(lm, plan, feeding: list[_Running]) -> None:
     if plan is None:  # projections wrapped (adapters): each request alone through the modules
         logits = torch.cat(
             [lm.forward_embeds(x_r[:, None], c, p) for x_r, c, p in _split(x, caches, positions)]
+        )
+    elif plan.packed:  # int8: one activation scale per product would mix the requests; each alone
+        logits = torch.cat(
+            [lm.decode_jobs(plan, x_r, [c], [p]) for x_r, c, p in _split(x, caches, positions)]
         )
     else:
         logits = lm.decode_jobs(plan, x, caches, positions)  # [R, K, V]

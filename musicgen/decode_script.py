@@ -72,8 +72,8 @@ def decode_step(
     kvs[j] [L, 2, rows, H, T_max, hd] (this step writes its position there). Rows past starts[-1] are
     padding: they go through the products (so a lone row is never a matrix-vector product, whose sums run
     in another order) but attend to nothing. Attention runs job by job over exactly the job's own
-    positions, so a job's logits are the same bits whatever else shares the step (products of two rows or
-    more give each row the same bits on every batch size, measured; docs/PERFORMANCE.md).
+    positions, so nothing of a job depends on the other rows but the products' summation order (see
+    musicgen.batching for when that is the same bits).
 
     cross[j]: "none"; "plain" with cross_a[j]/cross_b[j] the keys/values [L, rows, H, S, hd] and
     cross_bias[j] [rows, 1, 1, S]; "folded" with cross_a[j]/cross_b[j] a CrossFold's scores

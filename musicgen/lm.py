@@ -302,8 +302,10 @@ class LanguageModel(nn.Module):
         """One decode position for several jobs in one forward (continuous batching).
 
         x: [R, D] embeddings, job j's rows contiguous and as many as its cache holds; caches[j] its own
-        cache, positions[j] its position. A job's logits are the same bits as decoding it alone, as long as
-        the step has at least two rows (a lone row is padded with one that attends to nothing).
+        cache, positions[j] its position. Attention runs job by job, so a job's logits are the bits it gets
+        alone wherever the products give a row the same bits at both row counts (on CPU: from 2 rows to a
+        shape-dependent threshold, 16 for the published models; a lone row is padded with one that
+        attends to nothing). musicgen.batching's docstring has the measurements.
         Returns logits [R, K, card].
         """
         counts = [c.kv.shape[2] for c in caches]
