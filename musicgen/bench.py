@@ -62,6 +62,9 @@ posix_fadvise DONTNEED on those files only; the Python packages stay cached). A 
 - What the first prediction spends: `before_generate_s` (checks, cache look-up), `conditioning_s` (T5),
   `prefill_s`, `first_step_s` and `second_step_s` (the first step's one-time costs are their difference),
   `decode_steps_s` over `decode_steps`, `codec_decode_s`, `after_generate_s` (normalising, writing).
+  An async `run()` (predict.py's, under @cog.concurrent) is awaited with `asyncio.run`; its steps are then
+  the batcher's forwards (`LanguageModel.decode_jobs`), and "generate" spans `MusicGen.prepare` to the end
+  of `MusicGen.finish`.
 - `setup_gc_s`, `prediction_gc_s`: time in the garbage collector's collections (`*_full_collections`: how
   many were full ones, each of which walks every object alive).
 - `peak_rss_setup_mb`, `peak_rss_mb` (after the prediction), `import_rss_mb`.
@@ -89,6 +92,30 @@ layers, 768 wide, 7 convolutions of 512 channels) and the style conditioner ('de
   request of 10 steps spends besides those steps (conditioner, T5, prefill, set-up).
 - `bound_steps_per_s`, `bandwidth_gbs`, `step_weights_gb` as above; `peak_rss_mb`, `build_s`.
 
+`--serve` measures predict.py behind the real Cog server (`python -m cog.server.http`, as README "Cog" starts it,
+one server process for the whole run) serving the bench's checkpoint under its variant's name (as the cold
+start does), with COG_MAX_CONCURRENCY = MUSICGEN_MAX_BATCH = `--concurrent` K (default 4). One warm-up request
+(which loads the model) comes first. Then each of `--rounds` rounds sends the same K requests (`--seconds`
+whole seconds each, default 8; wav; request i has the i-th of SERVE_PROMPTS and seed SERVE_SEED + i) twice,
+every other round in reverse order: one after another (`sequential`: each sent when the previous one has
+answered) and all at once (`concurrent`: one client thread each; the server decodes them together,
+musicgen.batching). A record per round holds, per side:
+
+- `{side}_s`: wall time from sending the first request to the last answer; `{side}_audio_s_per_s`: seconds of
+  audio served per second of that wall time (K x seconds / `{side}_s`); `throughput_ratio`: concurrent over
+  sequential throughput (= sequential_s / concurrent_s).
+- From each prediction's logs (`per_request`): the batch it joined (`batch_id`) and the clips decoding in it
+  when it joined (`batch_clips`, itself included), `queued_s`, `first_step_after_queue_s`, `steps`; from the
+  server's own log lines of that prediction: `prepare_s` (from its start to being queued: input checks,
+  model look-up, T5), `time_to_first_step_s` (from its start to its first decode step), `decode_s` (queued
+  to its codes), `finish_s` (its codes to its end: EnCodec, normalising, the wav); `latency_s` as the client
+  sees it. `{side}_{figure}_median_s`: their medians over the K requests.
+- `equal_outputs`: how many of the K concurrent outputs equal their sequential counterpart sample for sample
+  (they should: a request gives the same codes alone or batched), `equal_sample_fraction` over all samples.
+
+The summary gives the medians over rounds and the ratio of every round; the command fails (exit code 1) when
+an output differs.
+
 This module imports only the standard library at the top, so the CLI starts fast and `import_s` is honest.
 """
 
@@ -99,6 +126,7 @@ import contextlib
 import datetime
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -755,6 +783,8 @@ def measure_cold_start(predict, job: dict[str, Any], clock: dict[str, float]) ->
     clock: the child's `time.perf_counter()` at its first line (start) and once predict.py was imported
     (imported), its `time.time()` at its first line (wall_start), and its CPU time then (import_cpu).
     """
+    import asyncio
+    import inspect
     import resource
 
     import torch
@@ -768,6 +798,7 @@ def measure_cold_start(predict, job: dict[str, Any], clock: dict[str, float]) ->
     # what setup and the first prediction call, timed where they are defined (modules predict.py has
     # imported already; tensor_reader only imports the standard library and torch)
     from musicgen import codec, generation, loading
+    from musicgen import lm as lm_module
     from musicgen import model as model_module
     from musicgen.checkpoints import tensor_reader
 
@@ -784,6 +815,10 @@ def measure_cold_start(predict, job: dict[str, Any], clock: dict[str, float]) ->
         (model_module.MusicGen, "_conditioner", "conditioning"),
         (generation, "prefill", "prefill"),
         (generation, "decode_step", "decode_step"),
+        # predict.py with the batcher (musicgen.batching): prepare, the batcher's steps, finish
+        (model_module.MusicGen, "prepare", "prepare"),
+        (lm_module.LanguageModel, "decode_jobs", "decode_step"),
+        (model_module.MusicGen, "finish", "finish"),
         (codec.Codec, "decode", "codec_decode"),
     ]:
         phases.wrap(owner, attr, name)
@@ -814,6 +849,8 @@ def measure_cold_start(predict, job: dict[str, Any], clock: dict[str, float]) ->
             classifier_free_guidance=settings.cfg,
             seed=settings.seed,
         )
+        if inspect.iscoroutine(out):  # an async run() (@cog.concurrent), as the server awaits it
+            out = asyncio.run(out)
         run_end, prediction_cpu = time.perf_counter(), _cpu_s(resource) - cpu
         run_gc = collections.reading()
         prediction_imports = imports.main + imports.other - setup_imports_main - setup_imports_other
@@ -821,7 +858,11 @@ def measure_cold_start(predict, job: dict[str, Any], clock: dict[str, float]) ->
         raise BenchError(f"the first prediction returned {out}, which is not a file.")
 
     steps = phases.calls.get("decode_step", [])
-    generate_calls = phases.calls.get("generate", [(run_start, run_end)])
+    generate_calls = phases.calls.get("generate")
+    if generate_calls is None and "prepare" in phases.calls and "finish" in phases.calls:
+        # the batcher's path: from MusicGen.prepare (T5 included) to the end of MusicGen.finish (EnCodec)
+        generate_calls = [(phases.calls["prepare"][0][0], phases.calls["finish"][-1][1])]
+    generate_calls = generate_calls or [(run_start, run_end)]
     setup_s = setup_end - t
     record: dict[str, Any] = {
         "impl": job["impl"],
@@ -1348,6 +1389,472 @@ _STYLE_COLUMNS = [
 ]
 
 
+# ---- serving concurrent requests (--serve) --------------------------------------------------------
+# prompts of the served requests, request i taking the i-th (cycling past the last: its seed still differs);
+# all made of words the tiny tokenizer knows
+SERVE_PROMPTS = (
+    "lo-fi hip hop beat with warm piano and soft drums",
+    "80s synth pop with punchy bass",
+    "epic orchestral strings and brass",
+    "acoustic guitar folk song",
+    "jazz trio with upright bass",
+    "ambient pads",
+)
+SERVE_SEED = 1000  # request i is seeded SERVE_SEED + i; the warm-up request SERVE_SEED - 1
+SERVE_SIDES = ("sequential", "concurrent")
+_AT_CAPACITY = "At capacity"  # the start of Cog's answer when every slot is taken
+# predict.py's lines in a prediction's logs (musicgen.batching.Ticket.summary and Runner.run)
+# the line printed when a request is queued, and the one printed when its codes are done
+_QUEUED_LINE = re.compile(r"^queued\b.*\b(\d+) steps to go")
+_SUMMARY_LINE = re.compile(r"^queued\b.*\bjoined batch (\d+) with (\d+) clips?")
+_FIRST_STEP = re.compile(r"first step ([\d.]+) s after it was queued")
+_QUEUED_FOR = re.compile(r"^queued ([\d.]+) s\b")
+_STEPS_DONE = re.compile(r"\b(\d+) steps\s*$")
+
+
+def serve_inputs(model: str, count: int, settings: Settings) -> list[dict[str, Any]]:
+    """The inputs of the `count` requests of a round: `model`, whole seconds (at least 1), wav, each its
+    own prompt and seed; the same on both sides and in every round."""
+    return [
+        {
+            "model_version": model,
+            "prompt": SERVE_PROMPTS[i % len(SERVE_PROMPTS)],
+            "duration": max(1, round(settings.seconds)),
+            "top_k": settings.top_k,
+            "classifier_free_guidance": settings.cfg,
+            "output_format": "wav",
+            "seed": SERVE_SEED + i,
+        }
+        for i in range(count)
+    ]
+
+
+class CogServer:
+    """`python -m cog.server.http` serving predict.py from `root`, as people start it locally (README
+    "Cog"): its worker is the `python` first on PATH, so this interpreter's folder goes first. It runs in
+    its own process group, which `stop` ends (the worker with it)."""
+
+    def __init__(self, root: Path, weights_dir: Path, log: Path, env: dict[str, str]):
+        import socket
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("COG_")}
+        environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is local; a missing model fails at once
+        environ.update(
+            PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+            COG_PREDICT_TYPE_STUB="predict.py:Runner",
+            PORT=str(port),
+            MUSICGEN_WEIGHTS_DIR=str(weights_dir),
+            NO_PROXY="127.0.0.1,localhost",
+            no_proxy="127.0.0.1,localhost",
+            **env,
+        )
+        self.url, self.log = f"http://127.0.0.1:{port}", log
+        with open(log, "wb") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "cog.server.http", "--host", "127.0.0.1"],
+                cwd=root,
+                env=environ,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def _call(self, method: str, path: str, body: dict | None = None, timeout: float = 10) -> dict:
+        import urllib.error
+        import urllib.request
+
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(
+            self.url + path, data=data, method=method, headers={"Content-Type": "application/json"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                text = response.read()
+        except urllib.error.HTTPError as err:  # refusals come as 4xx with a JSON body
+            text = err.read()
+        return json.loads(text) if text.strip() else {}
+
+    def status(self) -> str | None:
+        try:
+            return self._call("GET", "/health-check").get("status")
+        except (OSError, ValueError):
+            return None
+
+    def wait(self, until: Callable[[str | None], bool], timeout: float, what: str) -> str | None:
+        """Polls the health check until `until(status)`; BenchError with the log's end after `timeout` s
+        or when the server has exited."""
+        deadline = time.monotonic() + timeout
+        status = self.status()
+        while not until(status):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise BenchError(f"the Cog server did not become {what} (status {status}):\n{self.tail()}")
+            time.sleep(0.1)
+            status = self.status()
+        return status
+
+    def predict(self, inputs: dict[str, Any], timeout: float) -> tuple[dict, int]:
+        """A synchronous prediction: (the finished prediction's JSON, how many times the server answered
+        "at capacity" first; a slot is freed just after its answer is sent, so a request right after
+        another may be turned away once)."""
+        for refused in range(1000):
+            answer = self._call("POST", "/predictions", {"input": inputs}, timeout)
+            if not str(answer.get("error") or "").startswith(_AT_CAPACITY):
+                return answer, refused
+            time.sleep(0.02)
+        raise BenchError(f"the Cog server stayed at capacity: {answer}")
+
+    def tail(self, chars: int = 4000) -> str:
+        try:
+            return self.log.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        import signal
+
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+
+def wav_samples(output: str) -> tuple[Any, int, int]:
+    """A prediction's wav output (a data URL: the local server has no upload URL) -> (its 16-bit samples,
+    interleaved, as an array('h'), channels, sample rate)."""
+    import array
+    import base64
+    import io
+    import wave
+
+    header, _, payload = output.partition(",")
+    if not (header.startswith("data:") and header.endswith(";base64")):
+        raise BenchError(f"the output is not a data URL: {output[:80]!r}")
+    with wave.open(io.BytesIO(base64.b64decode(payload))) as wav:
+        if wav.getsampwidth() != 2:
+            raise BenchError(f"the output wav has {8 * wav.getsampwidth()}-bit samples, not 16")
+        samples = array.array("h", wav.readframes(wav.getnframes()))
+        if sys.byteorder == "big":
+            samples.byteswap()
+        return samples, wav.getnchannels(), wav.getframerate()
+
+
+def compare_outputs(a, b) -> int:
+    """How many samples of `a` equal those of `b` at the same place (a length difference counts as unequal)."""
+    if a == b:
+        return len(a)
+    return sum(x == y for x, y in zip(a, b, strict=False))
+
+
+def _log_times(log: Path) -> dict[str, dict[str, float]]:
+    """Per prediction id, when the server saw it start, its queueing line, its batch summary line and its
+    end (seconds since the epoch), read from the server's JSON log lines (coglet's); {} if unreadable."""
+    times: dict[str, dict[str, float]] = {}
+    try:
+        lines = log.read_text(errors="replace").splitlines()
+    except OSError:
+        return times
+    for line in lines:
+        try:
+            event = json.loads(line)
+            fields = event["fields"]
+            prediction = fields.get("prediction_id")
+            message = str(fields.get("message", ""))
+            at = _epoch(event["timestamp"])
+        except (ValueError, KeyError, TypeError, AttributeError):
+            continue
+        if prediction is None:
+            continue
+        mark = times.setdefault(prediction, {})
+        if message == "Starting prediction":
+            mark.setdefault("started", at)
+        elif _QUEUED_LINE.match(message):
+            mark.setdefault("queued", at)
+        elif _SUMMARY_LINE.match(message):
+            mark.setdefault("decoded", at)
+        elif message == "Prediction worker completed":
+            mark.setdefault("completed", at)
+    return times
+
+
+def _epoch(stamp: str) -> float:
+    """An RFC 3339 time with up to 9 decimals ('2026-12-02T04:04:05.163596123Z') -> seconds since the epoch."""
+    stamp = stamp.replace("Z", "+00:00")
+    head, dot, rest = stamp.partition(".")
+    if dot:
+        digits = len(rest) - len(rest.lstrip("0123456789"))
+        stamp = f"{head}.{rest[:digits][:6].ljust(6, '0')}{rest[digits:]}"
+    return datetime.datetime.fromisoformat(stamp).timestamp()
+
+
+def _request_record(side: str, index: int, inputs: dict, answer: dict, latency: float, refused: int):
+    """One served request: its client-side latency and what its logs (and the server's log) tell."""
+    logs = answer.get("logs") or ""
+    record: dict[str, Any] = {
+        "side": side,
+        "index": index,
+        "seed": inputs["seed"],
+        "prompt": inputs["prompt"],
+        "id": answer.get("id"),
+        "latency_s": round(latency, 3),
+        "predict_time_s": (answer.get("metrics") or {}).get("predict_time"),
+        "refused": refused,
+    }
+    for line in logs.splitlines():
+        if (summary := _SUMMARY_LINE.search(line)) is not None:
+            record.update(batch_id=int(summary[1]), batch_clips=int(summary[2]))
+            for key, pattern, kind in [
+                ("queued_s", _QUEUED_FOR, float),
+                ("first_step_after_queue_s", _FIRST_STEP, float),
+                ("steps", _STEPS_DONE, int),
+            ]:
+                if (found := pattern.search(line)) is not None:
+                    record[key] = kind(found[1])
+        elif (queued := _QUEUED_LINE.search(line)) is not None:
+            record["queued_line"] = line.strip()
+            record["steps_to_go"] = int(queued[1])
+    return record
+
+
+def _add_log_times(records: list[dict[str, Any]], times: dict[str, dict[str, float]]) -> None:
+    """From the server's log: `prepare_s` (start to queued: input checks, model look-up, T5),
+    `time_to_first_step_s` (start to the first decode step), `decode_s` (queued to codes: waiting and the
+    shared decode), `finish_s` (codes to the end: EnCodec, normalising, the wav)."""
+    for r in records:
+        t = times.get(r.get("id") or "", {})
+        if "started" in t and "queued" in t:
+            r["prepare_s"] = round(t["queued"] - t["started"], 3)
+            if r.get("first_step_after_queue_s") is not None:
+                r["time_to_first_step_s"] = round(r["prepare_s"] + r["first_step_after_queue_s"], 3)
+        if "queued" in t and "decoded" in t:
+            r["decode_s"] = round(t["decoded"] - t["queued"], 3)
+        if "decoded" in t and "completed" in t:
+            r["finish_s"] = round(t["completed"] - t["decoded"], 3)
+
+
+def serve_side(
+    server: CogServer, side: str, requests: list[dict[str, Any]], timeout: float
+) -> tuple[float, list[dict[str, Any]], list[Any]]:
+    """The requests one after another (sequential: each sent when the previous one has answered) or all at
+    once (concurrent: one thread each). Returns (wall seconds from the first request sent to the last
+    answer, a record per request, their outputs' samples)."""
+    import threading
+
+    server.wait(lambda status: status == "READY", 60, "idle")  # nothing left over from before
+    answers: list[tuple[dict, float, int] | None] = [None] * len(requests)
+    errors: list[BaseException] = []
+
+    def send(i: int) -> None:
+        try:
+            t = time.perf_counter()
+            answer, refused = server.predict(requests[i], timeout)
+            answers[i] = (answer, time.perf_counter() - t, refused)
+        except BaseException as err:  # noqa: BLE001 - raised below, in the calling thread
+            errors.append(err)
+
+    start = time.perf_counter()
+    if side == "sequential":
+        for i in range(len(requests)):
+            send(i)
+    else:
+        threads = [threading.Thread(target=send, args=(i,), daemon=True) for i in range(len(requests))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    wall = time.perf_counter() - start
+    if errors:
+        raise BenchError(f"a {side} request failed: {errors[0]!r}")
+    records, outputs = [], []
+    for i, (answer, latency, refused) in enumerate(answers):
+        if answer.get("status") != "succeeded":
+            raise BenchError(
+                f"{side} request {i} ended {answer.get('status')}: {answer.get('error')}\n{server.tail()}"
+            )
+        records.append(_request_record(side, i, requests[i], answer, latency, refused))
+        outputs.append(wav_samples(answer["output"]))
+    return wall, records, outputs
+
+
+def measure_serve(
+    spec: CheckpointSpec,
+    settings: Settings,
+    requests: int = 4,
+    rounds: int = 1,
+    cache: Path | None = None,
+    on_record: Callable[[dict[str, Any]], None] | None = None,
+) -> list[dict[str, Any]]:
+    """`requests` requests through one real Cog server, one after another and all at once, `rounds` rounds
+    (see the module doc); one record per round."""
+    temporary = cache is None
+    root = Path(tempfile.mkdtemp(prefix="musicgen-bench-")) if temporary else Path(cache)
+    work = Path(tempfile.mkdtemp(prefix="musicgen-serve-"))
+    server = None
+    try:
+        folder = ensure_checkpoint(spec, root)
+        model = cold_start_variant(spec)
+        weights = work / "weights"
+        weights.mkdir()
+        (weights / model).symlink_to(folder.resolve(), target_is_directory=True)
+        env = {"COG_MAX_CONCURRENCY": str(requests), "MUSICGEN_MAX_BATCH": str(requests)}
+        if settings.threads:
+            env["OMP_NUM_THREADS"] = str(settings.threads)  # the worker's torch threads
+        seconds = max(1, round(settings.seconds))
+        timeout = 600 + 120 * seconds * requests  # per request: far more than it takes
+        _log(f"starting the Cog server with {model} = {spec.name}, {requests} slots ...")
+        started = time.perf_counter()
+        server = CogServer(_ROOT, weights, work / "server.log", env)
+        server.wait(lambda status: status == "READY", 300, "ready")
+        ready_s = time.perf_counter() - started
+        warm_up = {**serve_inputs(model, 1, settings)[0], "seed": SERVE_SEED - 1, "prompt": PROMPT}
+        _log(f"warm-up request (loads {model}) ...")
+        t = time.perf_counter()
+        answer, _ = server.predict(warm_up, timeout)
+        warm_up_s = time.perf_counter() - t
+        if answer.get("status") != "succeeded":
+            raise BenchError(f"the warm-up request ended {answer.get('status')}: {answer.get('error')}")
+        inputs = serve_inputs(model, requests, settings)
+        common = {
+            "impl": "musicgen",
+            "measurement": "serve",
+            "model": model,
+            "arch": spec.arch,
+            "stereo": spec.stereo,
+            "melody": spec.melody,
+            **checkpoint_info(folder),
+            "requests": requests,
+            "seconds": seconds,
+            "max_concurrency": requests,
+            "max_batch": requests,
+            "top_k": settings.top_k,
+            "cfg": settings.cfg,
+            "threads": settings.threads,
+            "server_ready_s": round(ready_s, 3),
+            "warm_up_s": round(warm_up_s, 3),
+        }
+        records = []
+        for r in range(rounds):
+            loadavg, round_started = os.getloadavg()[0], _now()
+            walls, per_request, outputs = {}, {}, {}
+            for side in SERVE_SIDES if r % 2 == 0 else SERVE_SIDES[::-1]:  # drift favours neither side
+                _log(f"round {r + 1} of {rounds}: {requests} requests of {seconds} s, {side} ...")
+                walls[side], per_request[side], outputs[side] = serve_side(server, side, inputs, timeout)
+            _add_log_times(per_request["sequential"] + per_request["concurrent"], _log_times(server.log))
+            record = {**common, "round": r + 1, **_serve_figures(walls, per_request, outputs, seconds)}
+            record.update(loadavg_1m_at_start=round(loadavg, 2), started=round_started, finished=_now())
+            records.append(record)
+            _log(
+                f"round {r + 1}: sequential {record['sequential_s']} s, concurrent {record['concurrent_s']} s, "
+                f"x{record['throughput_ratio']}; outputs equal {record['equal_outputs']} of {requests}"
+            )
+            if on_record is not None:
+                on_record(record)
+        return records
+    except BenchError:
+        if server is not None:
+            sys.stderr.write(server.tail())
+        raise
+    finally:
+        if server is not None:
+            server.stop()
+        shutil.rmtree(work, ignore_errors=True)
+        if temporary:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def _serve_figures(walls: dict, per_request: dict, outputs: dict, seconds: int) -> dict[str, Any]:
+    """A round's figures from both sides' wall times, requests and outputs."""
+    count = len(per_request["sequential"])
+    figures: dict[str, Any] = {}
+    for side in SERVE_SIDES:
+        figures[f"{side}_s"] = round(walls[side], 3)
+        figures[f"{side}_audio_s_per_s"] = round(count * seconds / walls[side], 4)
+        for key in ("time_to_first_step_s", "prepare_s", "decode_s", "finish_s", "latency_s"):
+            values = [r[key] for r in per_request[side] if r.get(key) is not None]
+            if values:
+                figures[f"{side}_{key.removesuffix('_s')}_median_s"] = round(statistics.median(values), 3)
+        figures[f"{side}_batch_clips"] = [r.get("batch_clips") for r in per_request[side]]
+        figures[f"{side}_batches"] = len({r.get("batch_id") for r in per_request[side]})
+    figures["throughput_ratio"] = round(walls["sequential"] / walls["concurrent"], 3)
+    equal, total, same = 0, 0, 0
+    for (seq, seq_channels, seq_rate), (con, con_channels, con_rate) in zip(
+        outputs["sequential"], outputs["concurrent"], strict=True
+    ):
+        samples = compare_outputs(seq, con) if (seq_channels, seq_rate) == (con_channels, con_rate) else 0
+        same += samples == len(seq) == len(con)
+        equal += samples
+        total += max(len(seq), len(con))
+    figures["equal_outputs"] = same  # requests whose two outputs are the same sample for sample
+    figures["equal_sample_fraction"] = round(equal / total, 6) if total else None
+    figures["output_samples"] = len(outputs["sequential"][0][0])
+    figures["channels"] = outputs["sequential"][0][1]
+    figures["per_request"] = per_request["sequential"] + per_request["concurrent"]
+    return figures
+
+
+# the figures whose median over rounds the serve summary gives, in its order
+SERVE_SUMMARY = (
+    "sequential_s",
+    "concurrent_s",
+    "sequential_audio_s_per_s",
+    "concurrent_audio_s_per_s",
+    "throughput_ratio",
+    "sequential_time_to_first_step_median_s",
+    "concurrent_time_to_first_step_median_s",
+    "sequential_latency_median_s",
+    "concurrent_latency_median_s",
+    "sequential_prepare_median_s",
+    "concurrent_prepare_median_s",
+    "sequential_finish_median_s",
+    "concurrent_finish_median_s",
+)
+
+
+def summarize_serve(records: list[dict[str, Any]]) -> list[str]:
+    """The medians over rounds of SERVE_SUMMARY, the ratio of every round, and the equality of outputs."""
+    medians = {}
+    for key in SERVE_SUMMARY:
+        values = [r[key] for r in records if r.get(key) is not None]
+        if values:
+            medians[key] = statistics.median(values)
+    lines = [f"medians of {len(records)} round(s): " + ", ".join(f"{k} {v:.4g}" for k, v in medians.items())]
+    ratios = ", ".join(f"{r['throughput_ratio']:.2f}" for r in records)
+    lines.append(
+        f"throughput concurrent / sequential per round {ratios}; median {medians['throughput_ratio']:.2f}"
+    )
+    same = sum(r["equal_outputs"] for r in records)
+    fraction = statistics.mean(r["equal_sample_fraction"] for r in records)
+    lines.append(
+        f"concurrent outputs equal to their sequential counterpart sample for sample: {same} of "
+        f"{sum(r['requests'] for r in records)} (fraction of samples equal {fraction:.6f})"
+    )
+    return lines
+
+
+_SERVE_COLUMNS = [
+    ("round", "round", "{}"),
+    ("model", "model", "{}"),
+    ("requests", "requests", "{}"),
+    ("seconds", "s each", "{}"),
+    ("sequential_s", "sequential s", "{:.2f}"),
+    ("concurrent_s", "concurrent s", "{:.2f}"),
+    ("sequential_audio_s_per_s", "seq. audio s/s", "{:.3f}"),
+    ("concurrent_audio_s_per_s", "conc. audio s/s", "{:.3f}"),
+    ("throughput_ratio", "ratio", "{:.2f}"),
+    ("sequential_time_to_first_step_median_s", "seq. first step s", "{:.2f}"),
+    ("concurrent_time_to_first_step_median_s", "conc. first step s", "{:.2f}"),
+    ("equal_outputs", "equal", "{}"),
+    ("loadavg_1m_at_start", "load", "{:.2f}"),
+]
+
+
 # ---- child processes ------------------------------------------------------------------------------
 _CHILD = (
     "import time\n_t0 = time.perf_counter()\nimport sys\nsys.path.insert(0, {root!r})\n"
@@ -1557,7 +2064,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=1,
         help="measure every implementation this many times, every other round in reverse order (default 1)",
     )
-    p.add_argument("--seconds", type=float, default=2.0, help="audio per clip of the end-to-end run")
+    p.add_argument(
+        "--seconds",
+        type=float,
+        help="audio per clip of the end-to-end run (default 2), of the cold start's prediction, of each "
+        "served request (--serve: default 8)",
+    )
     p.add_argument("--top-k", type=int, default=250)
     p.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance scale")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda...")
@@ -1587,6 +2099,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="also measure the predict.py and musicgen/ of TREE (another copy of the repository, e.g. "
         "with some files as at an earlier commit), alternating with this one each round",
     )
+    serve = p.add_argument_group("serving concurrent requests (--serve)")
+    serve.add_argument(
+        "--serve",
+        action="store_true",
+        help="measure predict.py behind the real Cog server: --concurrent requests of --seconds (default 8) "
+        "sent all at once (decoded together) against the same requests one after another, each round "
+        "(--rounds) both ways, medians at the end; checks that both ways give the same audio",
+    )
+    serve.add_argument(
+        "--concurrent",
+        type=int,
+        default=4,
+        metavar="K",
+        help="requests per side, each its own prompt and seed (default 4); the server takes K at once "
+        "(COG_MAX_CONCURRENCY) and decodes up to K clips together (MUSICGEN_MAX_BATCH)",
+    )
 
 
 def run_cli(args: argparse.Namespace) -> int:
@@ -1595,6 +2123,8 @@ def run_cli(args: argparse.Namespace) -> int:
 
     if args.batch < 1 or args.steps < 1 or args.repeats < 1 or args.rounds < 1:
         raise InvalidInputError("--batch, --steps, --repeats and --rounds must be at least 1.")
+    if args.seconds is None:
+        args.seconds = 8.0 if args.serve else 2.0
     if not args.seconds > 0:
         raise InvalidInputError("--seconds must be positive.")
     if args.threads is not None and args.threads < 1:
@@ -1617,6 +2147,8 @@ def run_cli(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(record), flush=True)
 
+    if args.serve:
+        return _serve_cli(args, spec, settings, emit)
     if args.style:
         return _style_cli(args, spec, settings, emit)
     if args.cold_start:
@@ -1714,3 +2246,43 @@ def _style_cli(args: argparse.Namespace, spec: CheckpointSpec, settings: Setting
         for line in summarize_style(records):
             print(line)
     return 0
+
+
+def _serve_cli(args: argparse.Namespace, spec: CheckpointSpec, settings: Settings, emit) -> int:
+    from .errors import InvalidInputError
+
+    others = [
+        name
+        for name, given in [
+            ("--style", args.style),
+            ("--cold-start", args.cold_start),
+            ("--baseline", args.baseline is not None),
+            ("--batch", args.batch != 1),
+            ("--impl", args.impl is not None and args.impl != ["musicgen"]),
+        ]
+        if given
+    ]
+    if others:
+        raise InvalidInputError(
+            f"--serve measures predict.py behind the Cog server, one clip per request; it does not take "
+            f"{', '.join(others)}."
+        )
+    if args.concurrent < 1:
+        raise InvalidInputError("--concurrent must be at least 1.")
+    records = measure_serve(spec, settings, args.concurrent, args.rounds, args.cache, on_record=emit)
+    if not args.json:
+        first = records[0]
+        print(
+            f"predict.py behind the Cog server, {spec.name} served as {first['model']} ({first['weights_mb']} MB "
+            f"of weights): {first['requests']} requests of {first['seconds']} s (wav, CFG {settings.cfg}, top-k "
+            f"{settings.top_k}, each its own prompt and seed) one after another and all at once, "
+            f"COG_MAX_CONCURRENCY = MUSICGEN_MAX_BATCH = {first['requests']}; warm-up request "
+            f"{first['warm_up_s']:.1f} s"
+        )
+        print(format_table(records, _SERVE_COLUMNS))
+        for line in summarize_serve(records):
+            print(line)
+    everything_equal = all(r["equal_outputs"] == r["requests"] for r in records)
+    if not everything_equal:
+        print("error: some concurrent outputs differ from their sequential counterparts", file=sys.stderr)
+    return 0 if everything_equal else 1

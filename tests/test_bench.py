@@ -375,3 +375,93 @@ def test_style_options(capsys, monkeypatch):
         assert main(["bench", "--style", *bad]) == 2
         assert named in capsys.readouterr().err
     assert len(calls) == 2
+
+
+# ---- serving concurrent requests (--serve) ----------------------------------------------------------
+SERVE_POSITIVE = (
+    "sequential_s",
+    "concurrent_s",
+    "sequential_audio_s_per_s",
+    "concurrent_audio_s_per_s",
+    "throughput_ratio",
+    "sequential_time_to_first_step_median_s",
+    "concurrent_time_to_first_step_median_s",
+    "server_ready_s",
+    "warm_up_s",
+)
+
+
+def test_serve_sends_the_same_requests_one_by_one_and_at_once(cache, capsys, tmp_path, monkeypatch):
+    """Two real rounds through the Cog server on the tiny stereo checkpoint (served as stereo-small): 3
+    requests of 1 s each way, every figure there and consistent, the batch each request joined read from
+    its logs, and every concurrent output equal to its sequential counterpart sample for sample."""
+    monkeypatch.setattr(bench.tempfile, "tempdir", str(tmp_path))  # where the weights folder and log go
+    args = ["bench", "--serve", "--arch", "tiny", "--stereo", "--cache", str(cache), "--json"]
+    assert main([*args, "--seconds", "1", "--concurrent", "3", "--rounds", "2"]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.strip()]
+    assert [(r["round"], r["measurement"], r["model"]) for r in records] == [
+        (1, "serve", "stereo-small"),
+        (2, "serve", "stereo-small"),
+    ]
+    shared = 0
+    for r in records:
+        assert r["requests"] == r["max_batch"] == r["max_concurrency"] == 3 and r["seconds"] == 1
+        for field in SERVE_POSITIVE:
+            assert isinstance(r[field], (int, float)) and r[field] > 0, (field, r[field])
+        assert r["throughput_ratio"] == pytest.approx(r["sequential_s"] / r["concurrent_s"], rel=2e-3)
+        for side in ("sequential", "concurrent"):
+            assert r[f"{side}_audio_s_per_s"] == pytest.approx(3 * 1 / r[f"{side}_s"], rel=2e-3)
+        # the same audio both ways: 1 s of stereo at 32 kHz, 16-bit wav
+        assert r["equal_outputs"] == 3 and r["equal_sample_fraction"] == 1.0
+        assert r["channels"] == 2 and r["output_samples"] == 2 * 32000
+        sequential = [q for q in r["per_request"] if q["side"] == "sequential"]
+        concurrent = [q for q in r["per_request"] if q["side"] == "concurrent"]
+        for side in (sequential, concurrent):
+            assert [q["seed"] for q in side] == [1000, 1001, 1002]
+            assert len({q["prompt"] for q in side}) == 3
+        for q in sequential + concurrent:
+            assert q["batch_clips"] >= 1 and q["steps"] > 50 and q["refused"] >= 0
+            assert 0 < q["time_to_first_step_s"] < q["latency_s"]
+            assert q["prepare_s"] >= 0 and q["decode_s"] > 0 and q["finish_s"] >= 0
+        # one after another, each request decodes alone in a batch of its own
+        assert [q["batch_clips"] for q in sequential] == [1, 1, 1] and r["sequential_batches"] == 3
+        assert len({q["batch_id"] for q in sequential}) == 3
+        shared += max(q["batch_clips"] for q in concurrent) >= 2
+    assert shared >= 1  # sent at once, they joined one shared decode (in one round at least)
+    assert list(tmp_path.iterdir()) == []  # the weights folder and the server's log are removed
+
+    summary = bench.summarize_serve(records)
+    assert summary[0].startswith("medians of 2 round(s): sequential_s ")
+    assert "throughput concurrent / sequential per round" in summary[1]
+    assert "sample for sample: 6 of 6" in summary[2]
+    assert "ratio" in bench.format_table(records, bench._SERVE_COLUMNS)
+
+
+def test_serve_options(capsys, monkeypatch):
+    calls = []
+
+    def fake_serve(spec, settings, requests, rounds, cache, on_record=None):
+        calls.append((spec.arch, settings.seconds, requests, rounds))
+        return []
+
+    monkeypatch.setattr(bench, "measure_serve", fake_serve)
+    assert main(["bench", "--serve", "--json"]) == 0  # small, 8 s clips, 4 requests by default
+    assert main(["bench", "--serve", "--json", "--concurrent", "2", "--seconds", "3", "--rounds", "5"]) == 0
+    assert calls == [("small", 8.0, 4, 1), ("small", 3.0, 2, 5)]
+    for bad, named in [
+        (["--style"], "--style"),
+        (["--cold-start"], "--cold-start"),
+        (["--batch", "2"], "--batch"),
+        (["--impl", "transformers"], "--impl"),
+        (["--concurrent", "0"], "--concurrent"),
+    ]:
+        assert main(["bench", "--serve", *bad]) == 2
+        assert named in capsys.readouterr().err
+    assert len(calls) == 2
+
+
+def test_server_log_times_parse():
+    assert bench._epoch("2026-12-02T04:04:05.163596123Z") == pytest.approx(
+        bench._epoch("2026-12-02T04:04:05.163596Z")
+    )
+    assert bench._epoch("2026-12-02T04:04:06Z") - bench._epoch("2026-12-02T04:04:05.5Z") == pytest.approx(0.5)
