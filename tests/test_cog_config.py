@@ -159,6 +159,24 @@ def test_run_and_train_point_at_what_the_files_define(config):
     assert isinstance(trainer, ast.FunctionDef), f"{train_file} defines no function {train_name}"
 
 
+def test_run_is_async_and_concurrent_with_a_literal_maximum():
+    """Cog serves predictions concurrently only from an async run() under @cog.concurrent(max=N), and reads
+    N statically (a literal); predict.py's MAX_CONCURRENT_PREDICTIONS must say the same number."""
+    import predict
+
+    tree = ast.parse(PREDICT_SOURCE)
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == RUNNER_CLASS)
+    fn = next(n for n in cls.body if getattr(n, "name", None) == RUN_METHOD)
+    assert isinstance(fn, ast.AsyncFunctionDef)
+    decorators = [d for d in fn.decorator_list if isinstance(d, ast.Call)]
+    concurrent = [d for d in decorators if ast.unparse(d.func) == "cog.concurrent"]
+    assert len(concurrent) == 1 and ast.unparse(fn.decorator_list[0].func) == "cog.concurrent"  # outermost
+    (keyword,) = concurrent[0].keywords
+    assert keyword.arg == "max" and isinstance(keyword.value, ast.Constant)
+    assert keyword.value.value == predict.MAX_CONCURRENT_PREDICTIONS > 1
+    assert predict.Runner.run.__cog_concurrent_max__ == predict.MAX_CONCURRENT_PREDICTIONS
+
+
 def test_cuda_is_one_the_torch_pin_has_wheels_for(config):
     pins = dict(line.split("==") for line in _requirements(REPO_ROOT / "requirements.txt"))
     cuda = config["build"]["cuda"]
