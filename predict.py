@@ -183,7 +183,7 @@ class Runner(BaseRunner):
         request = await asyncio.to_thread(self._request, **_inputs_of(locals()))
         # printed before generating, so that the logs name the seed even of a prediction cut short
         print(f"model_version: {request.model_version}, seed: {request.job.seed}")
-        ticket, _ = self.batchers.submit(request.model, request.job)
+        ticket = self.batchers.submit(request.model, request.job)
         print(
             f"queued at {time.strftime('%H:%M:%S')} behind {ticket.ahead} request(s), with {ticket.decoding} clip(s) decoding; "
             f"{request.job.steps} steps to go"

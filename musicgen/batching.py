@@ -159,11 +159,6 @@ class Batcher:
                 self._thread.start()
         return ticket
 
-    @property
-    def waiting(self) -> int:
-        """Requests queued and not yet decoding."""
-        return len(self._queue)
-
     def _admit(self, running: list[_Running]) -> list[Ticket] | None:
         """The queued tickets that fit now; None when nothing runs or waits (the thread then ends).
 
@@ -174,9 +169,11 @@ class Batcher:
             if not self._queue and not running:
                 self._thread = None
                 return None
+            taken: list[Ticket] = []
+            if not self._queue:  # the usual step: nothing to admit, nothing to ask the device
+                return taken
             clips = sum(r.clips for r in running)
             free = _free_device_bytes(self._lm)
-            taken = []
             while self._queue:
                 job = self._queue[0].job
                 need = cache_bytes(self._lm, job)
@@ -347,12 +344,12 @@ class Batchers:
         self._lock = threading.Lock()
         self._by_model: dict[int, Batcher] = {}
 
-    def submit(self, model, job) -> tuple[Ticket, Batcher]:
-        """Queues `job` (prepared by `model`) with the model's batcher; returns its ticket and batcher."""
+    def submit(self, model, job) -> Ticket:
+        """Queues `job` (prepared by `model`) with the model's batcher; returns its ticket."""
         with self._lock:
             # batchers of freed models go (an id can be reused by a new object: the weak reference tells)
             self._by_model = {k: b for k, b in self._by_model.items() if b.model is not None}
             batcher = self._by_model.get(id(model))
             if batcher is None or batcher.model is not model:
                 batcher = self._by_model[id(model)] = Batcher(model, self.max_batch)
-            return batcher.submit(job), batcher
+            return batcher.submit(job)

@@ -1,9 +1,10 @@
 """The one generation path: conditions in, codes out.
 
 Stages, in order: `prefill` (conditioning prefix and known tokens in one forward), `decode_step` (one
-position for every codebook, conditional and unconditional rows in one batched forward), `generate_window`
-(a window of at most 30 s, laid out with the delay pattern), and `generate_long` (audiocraft's scheme for
-longer clips: each new window is prompted with the end of the previous one).
+position for every codebook, conditional and unconditional rows in one batched forward), `WindowDecoder`
+(a window of at most 30 s, laid out with the delay pattern; `run_window` decodes one alone), and
+`ClipDecoder` / `generate_long` (audiocraft's scheme for longer clips: each new window is prompted with the
+end of the previous one). musicgen.batching steps the same decoders of many requests together.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ def decode_step_static(lm: LanguageModel, cache: KVCache, column: torch.Tensor, 
 class WindowDecoder:
     """One window being decoded: its delay-pattern sequence, its key/value cache and the next column.
 
-    The state of `generate_window`'s loop, kept in an object so that the batcher (musicgen.batching) can
+    The state of `run_window`'s loop, kept in an object so that the batcher (musicgen.batching) can
     step many windows of different requests in one forward and still sample each exactly as alone:
     `prefill` feeds the prefix and known columns, then `take` samples a column from the logits of the
     previous position and `next_input` gives the column to feed for the next one, until `done`.
@@ -129,32 +130,6 @@ class WindowDecoder:
 
 
 @torch.inference_mode()
-def generate_window(
-    lm: LanguageModel,
-    cond: WindowConditions,
-    batch: int,
-    frames: int,
-    params: SamplingParams,
-    generator: torch.Generator | None,
-    prompt: torch.Tensor | None = None,
-    on_step: Callable[[], None] | None = None,
-    static: bool = False,
-) -> torch.Tensor:
-    """Generates one window.
-
-    Args:
-        batch: B, the number of clips.
-        frames: frames of the finished window, prompt included (at most 30 s worth).
-        prompt: codes [B, K, Tp] that start the window, Tp < frames.
-        on_step: called after each decoded position (progress bars).
-        static: decode with `decode_step_static` (static shapes, device-side position).
-    Returns:
-        codes [B, K, frames], the prompt included, delays undone.
-    """
-    window = WindowDecoder(lm, cond, batch, frames, params, generator, prompt)
-    return run_window(window, on_step, static)
-
-
 def run_window(window: WindowDecoder, on_step: Callable[[], None] | None = None, static: bool = False):
     """Decodes a window alone, step after step; returns its codes [B, K, frames]."""
     lm = window.lm

@@ -118,52 +118,12 @@ class MusicGen:
 
     @torch.inference_mode()
     def generate(
-        self,
-        prompts: list[str | None] | str | None = None,
-        *,
-        duration: float = 8.0,
-        melody: torch.Tensor | None = None,
-        continuation: torch.Tensor | None = None,
-        sampling: SamplingParams = SamplingParams(),
-        seed: int | None = None,
-        batch_size: int | None = None,
-        extend_stride: float = DEFAULT_STRIDE_SECONDS,
-        melody_stems: str = "auto",
-        style: torch.Tensor | list[torch.Tensor | None] | None = None,
-        style_excerpt_length: float | None = None,
-        style_excerpt_start: float | None = None,
-        style_eval_q: int | None = None,
-        progress: bool = False,
+        self, prompts: list[str | None] | str | None = None, *, progress: bool = False, **options
     ) -> GenerationResult:
-        """Generates audio.
-
-        Args:
-            prompts: one text per clip; None or "" for a clip without text. A string means one clip.
-            duration: seconds of each clip, the continued audio included; past 30 s, windows of 30 s
-                overlap by 30 - extend_stride seconds.
-            melody: reference waveform [C, S] at the model's sample rate (melody models only), shared by
-                every clip; its chroma conditions the generation and is looped over long clips.
-            continuation: waveform [C, S] at the model's sample rate to continue; it starts every clip.
-            sampling: top_k, top_p, temperature, cfg_coef.
-            seed: 0 to 2**63 - 1; the same seed and inputs give the same codes on the same device; None
-                (or -1) draws one.
-            batch_size: number of clips when `prompts` is None (unconditional); defaults to 1.
-            melody_stems: remove drums and bass from the melody with Demucs first, as audiocraft does:
-                "auto" when Demucs' weights are in the weights folder, "on" (required), or "off".
-            style: audio [C, S] at the model's sample rate whose style the music takes (style models
-                only): one waveform for every clip, or a list with one per clip (None for a clip without).
-                An excerpt of it conditions every window of the clip.
-            style_excerpt_length: seconds of the excerpt (default: the model's, 3 s; 1.5 to 4.5).
-            style_excerpt_start: where the excerpt starts, in seconds; default drawn from the seed.
-            style_eval_q: style codebooks used, 1 to 6 (default 3): more follows the excerpt more closely.
-            sampling.cfg_beta: double guidance (style models), weighing the text against the style.
+        """Generates audio: `prepare(prompts, **options)` (every argument is `prepare`'s), the decode loop,
+        then EnCodec. progress: a progress bar over the decode steps.
         """
-        job = self.prepare(
-            prompts, duration=duration, melody=melody, continuation=continuation, sampling=sampling,
-            seed=seed, batch_size=batch_size, extend_stride=extend_stride, melody_stems=melody_stems,
-            style=style, style_excerpt_length=style_excerpt_length, style_excerpt_start=style_excerpt_start,
-            style_eval_q=style_eval_q,
-        )  # fmt: skip
+        job = self.prepare(prompts, **options)
         with tqdm(total=job.steps, disable=not progress, unit="step", desc="generating") as bar:
             codes = generate_long(
                 self.lm,
@@ -196,9 +156,30 @@ class MusicGen:
         style_excerpt_start: float | None = None,
         style_eval_q: int | None = None,
     ) -> PreparedJob:
-        """Everything `generate` does before its first decode step, with the same arguments: every input
-        checked, the text, melody, style and audio prompt encoded. The decode loop (`generate`'s, or the
-        batcher's in musicgen.batching) then only steps the language model.
+        """Everything generation does before its first decode step: every input checked, the text, melody,
+        style and audio prompt encoded. The decode loop (`generate`'s, or the batcher's in
+        musicgen.batching) then only steps the language model.
+
+        Args:
+            prompts: one text per clip; None or "" for a clip without text. A string means one clip.
+            duration: seconds of each clip, the continued audio included; past 30 s, windows of 30 s
+                overlap by 30 - extend_stride seconds.
+            melody: reference waveform [C, S] at the model's sample rate (melody models only), shared by
+                every clip; its chroma conditions the generation and is looped over long clips.
+            continuation: waveform [C, S] at the model's sample rate to continue; it starts every clip.
+            sampling: top_k, top_p, temperature, cfg_coef.
+            seed: 0 to 2**63 - 1; the same seed and inputs give the same codes on the same device; None
+                (or -1) draws one.
+            batch_size: number of clips when `prompts` is None (unconditional); defaults to 1.
+            melody_stems: remove drums and bass from the melody with Demucs first, as audiocraft does:
+                "auto" when Demucs' weights are in the weights folder, "on" (required), or "off".
+            style: audio [C, S] at the model's sample rate whose style the music takes (style models
+                only): one waveform for every clip, or a list with one per clip (None for a clip without).
+                An excerpt of it conditions every window of the clip.
+            style_excerpt_length: seconds of the excerpt (default: the model's, 3 s; 1.5 to 4.5).
+            style_excerpt_start: where the excerpt starts, in seconds; default drawn from the seed.
+            style_eval_q: style codebooks used, 1 to 6 (default 3): more follows the excerpt more closely.
+            sampling.cfg_beta: double guidance (style models), weighing the text against the style.
         """
         if isinstance(prompts, str) or prompts is None:
             prompts = [prompts] * (batch_size or 1)
