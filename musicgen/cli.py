@@ -97,6 +97,13 @@ def _add_generate(sub) -> None:
         choices=["auto", "on", "off"],
         help="remove drums and bass from the melody with Demucs first (auto: when its weights are present)",
     )
+    p.add_argument(
+        "--decoder",
+        default="encodec",
+        choices=["encodec", "mbd"],
+        help="codes -> audio: EnCodec (fast), or MultiBand Diffusion (fuller highs, fewer artefacts, far "
+        "slower; its weights are fetched and converted on first use)",
+    )
     p.add_argument("--no-download", action="store_true", help="fail instead of downloading missing weights")
     p.add_argument(
         "--int8",
@@ -159,7 +166,12 @@ def _generate(args) -> int:
         )
     style = _read_styles(args, sr)
 
-    resolve_device(args.device)  # an unusable device is refused before the checkpoint is read
+    device = resolve_device(args.device)  # an unusable device is refused before the checkpoint is read
+    decoder = "encodec"
+    if args.decoder == "mbd":  # its weights are found (or fetched) before the model is loaded
+        from .diffusion import MultiBandDiffusion
+
+        decoder = MultiBandDiffusion.from_weights(device, download=not args.no_download)
     model = MusicGen.load(args.model, device=args.device, download=not args.no_download, int8=args.int8)
     result = model.generate(
         args.prompt,
@@ -174,6 +186,7 @@ def _generate(args) -> int:
         seed=seed,
         melody_stems=args.melody_stems,
         progress=not args.quiet,
+        decoder=decoder,
     )
     print(f"seed: {result.seed}", file=sys.stderr)
     for wav, path in zip(result.audio, outputs, strict=True):

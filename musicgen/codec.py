@@ -37,6 +37,22 @@ class Codec:
         channels = [self._decode_mono(codes[:, c :: self.channels]) for c in range(self.channels)]
         return torch.cat(channels, dim=1)
 
+    @torch.inference_mode()
+    def latent(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes [B, K, T] -> each channel's continuous latent [B, C, D, T]: the sum of its codebooks'
+        vectors, what EnCodec's decoder starts from (and what MultiBand Diffusion is conditioned on)."""
+        device = self.model.device
+        per_channel = [
+            # the quantizer takes [Kc, B, T] and returns [B, D, T]
+            self.model.quantizer.decode(codes[:, c :: self.channels].transpose(0, 1).to(device))
+            for c in range(self.channels)
+        ]
+        return torch.stack(per_channel, dim=1).float()
+
+    @property
+    def latent_dim(self) -> int:
+        return self.model.config.codebook_dim
+
     def _encode_mono(self, wav: torch.Tensor) -> torch.Tensor:
         wav = wav.to(self.model.device, self.model.dtype)
         return self.model.encode(wav, return_dict=True).audio_codes[0]  # [B, Kc, T]

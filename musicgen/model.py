@@ -23,9 +23,12 @@ from .lm import LanguageModel
 from .sampling import SamplingParams
 
 if TYPE_CHECKING:
+    from .diffusion import MultiBandDiffusion
     from .style import StyleConditioner
 
 MELODY_STEMS_MODES = ("auto", "on", "off")
+# what turns codes into audio: EnCodec's decoder, or MultiBand Diffusion (musicgen.diffusion)
+DECODERS = ("encodec", "mbd")
 MAX_WINDOW_SECONDS = 30.0  # sinusoidal positions were trained on 30 s windows
 DEFAULT_STRIDE_SECONDS = 18.0  # audiocraft's extend_stride: windows overlap by 12 s
 
@@ -86,6 +89,7 @@ class MusicGen:
         # decode with the static-shape step (the one to compile or capture); eager slicing otherwise
         self.static_decode = False
         self._stems = None  # Demucs, loaded on the first melody that asks for it
+        self._mbd = None  # MultiBand Diffusion, loaded on the first generate(decoder="mbd")
 
     @classmethod
     def load(
@@ -118,11 +122,21 @@ class MusicGen:
 
     @torch.inference_mode()
     def generate(
-        self, prompts: list[str | None] | str | None = None, *, progress: bool = False, **options
+        self,
+        prompts: list[str | None] | str | None = None,
+        *,
+        progress: bool = False,
+        decoder: str | MultiBandDiffusion = "encodec",
+        **options,
     ) -> GenerationResult:
         """Generates audio: `prepare(prompts, **options)` (every argument is `prepare`'s), the decode loop,
-        then EnCodec. progress: a progress bar over the decode steps.
+        then the decoder. progress: progress bars over the decode steps (and the diffusion's).
+
+        decoder: "encodec" (EnCodec's decoder), "mbd" (MultiBand Diffusion: fuller highs, fewer artefacts,
+        far slower; its weights are loaded on first use) or a loaded `MultiBandDiffusion`. Stereo clips are
+        decoded channel by channel, each channel as a mono clip.
         """
+        mbd = self.diffusion_decoder(decoder)  # loaded and checked before any other work
         job = self.prepare(prompts, **options)
         with tqdm(total=job.steps, disable=not progress, unit="step", desc="generating") as bar:
             codes = generate_long(
@@ -136,7 +150,27 @@ class MusicGen:
                 on_step=lambda: bar.update(),
                 static=self.static_decode,
             )
-        return self.finish(codes, job.seed)
+        return self.finish(codes, job.seed, mbd=mbd, progress=progress)
+
+    def diffusion_decoder(
+        self, decoder: str | MultiBandDiffusion, download: bool = True
+    ) -> MultiBandDiffusion | None:
+        """The MultiBand Diffusion decoder that `decoder` asks for (None for EnCodec), loaded on first use
+        and checked against this model's codec."""
+        from .diffusion import MultiBandDiffusion
+
+        if isinstance(decoder, MultiBandDiffusion):
+            mbd = decoder
+        elif decoder == "encodec":
+            return None
+        elif decoder == "mbd":
+            if self._mbd is None:
+                self._mbd = MultiBandDiffusion.from_weights(self.device, download=download)
+            mbd = self._mbd
+        else:
+            raise InvalidInputError(f"decoder must be one of {DECODERS}, got {decoder!r}.")
+        mbd.check_codec(self.codec.latent_dim, self.config.sample_rate)
+        return mbd
 
     @torch.inference_mode()
     def prepare(
@@ -243,9 +277,32 @@ class MusicGen:
             seed=seed, steps=steps, device=self.device,
         )  # fmt: skip
 
-    def finish(self, codes: torch.Tensor, seed: int) -> GenerationResult:
-        """codes [B, K, T] -> the result, audio decoded by EnCodec."""
-        audio = self.codec.decode(codes)
+    def finish(
+        self,
+        codes: torch.Tensor,
+        seed: int,
+        mbd: MultiBandDiffusion | None = None,
+        progress: bool = False,
+        on_step: Callable[[int, int], None] | None = None,
+    ) -> GenerationResult:
+        """codes [B, K, T] -> the result: audio decoded by EnCodec, or by `mbd` (MultiBand Diffusion, seeded
+        from `seed`; EnCodec's decode is still made: the diffusion's bands are equalised against it).
+        progress: a progress bar over the diffusion's steps; on_step(done, total) after each of them."""
+        audio = self.codec.decode(codes)  # [B, C, S]
+        if mbd is not None:
+            hop = self.config.sample_rate // self.config.frame_rate
+            total = mbd.reverse_steps(codes.shape[-1], codes.shape[0] * self.channels, hop)
+            with tqdm(total=total, disable=not progress, unit="step", desc="diffusion") as bar:
+                done = 0
+
+                def step() -> None:
+                    nonlocal done
+                    done += 1
+                    bar.update()
+                    if on_step is not None:
+                        on_step(done, total)
+
+                audio = mbd.decode(self.codec.latent(codes), audio, seed, hop, on_step=step)
         return GenerationResult(
             audio=audio.cpu(), codes=codes.cpu(), sample_rate=self.config.sample_rate, seed=seed
         )

@@ -22,12 +22,16 @@ import urllib.parse
 import urllib.request
 from collections import OrderedDict, deque
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from .errors import CheckpointError, FineTunedWeightsError, InvalidInputError
 from .model import MusicGen
 from .variants import find_variant
+
+if TYPE_CHECKING:
+    from .diffusion import MultiBandDiffusion
 
 # what a named T5-base and EnCodec 32 kHz weigh when a checkpoint only names them (fp32)
 _NAMED_TEXT_ENCODER_BYTES = 110_000_000 * 4
@@ -40,13 +44,16 @@ DEFAULT_RESERVE_BYTES = 4 * 1024**3
 DEFAULT_CPU_MEMORY_SHARE = 0.6
 # The largest fine-tuned weights file: a full fine-tune of a 3.3B model in half precision is 6.6 GB.
 MAX_WEIGHTS_FILE_BYTES = 8 * 1024**3
+# the key of MultiBand Diffusion among the cached models: one decoder, shared by every model that decodes with it
+MBD_KEY = ("multiband-diffusion", None)
 # Downloaded fine-tuned weights kept (least recently used out): signed URLs differ on every request, and a
 # month of them must not fill the disk.
 MAX_CACHED_WEIGHT_FILES = 4
 
 
 class ModelCache:
-    """Loaded `MusicGen` models, least recently used first out.
+    """Loaded `MusicGen` models (and the MultiBand Diffusion decoder, once asked for), least recently used
+    first out.
 
     Args:
         device: where models run (default: CUDA when present).
@@ -72,7 +79,9 @@ class ModelCache:
             memory_budget = int(psutil.virtual_memory().total * DEFAULT_CPU_MEMORY_SHARE)
         self.memory_budget = memory_budget
         self.reserve_bytes = reserve_bytes
-        self._models: OrderedDict[tuple[str, str | None], tuple[MusicGen, int]] = OrderedDict()
+        self._models: OrderedDict[tuple[str, str | None], tuple[MusicGen | MultiBandDiffusion, int]] = (
+            OrderedDict()
+        )
         # concurrent predictions ask from several threads: one loads, the others wait for it
         self._lock = threading.RLock()
 
@@ -116,6 +125,23 @@ class ModelCache:
                 apply_finetuned(loaded.lm, tuned)
         self._models[key] = (loaded, size)
         return loaded
+
+    def mbd(self, download: bool = True) -> MultiBandDiffusion:
+        """The MultiBand Diffusion decoder, loaded on first use (downloaded and converted first when its
+        weights are not on disk) and kept, and evicted, like a model. Thread-safe."""
+        from .diffusion import WEIGHTS_FILE, MultiBandDiffusion
+        from .weights import resolve_mbd
+
+        with self._lock:
+            if MBD_KEY in self._models:
+                self._models.move_to_end(MBD_KEY)
+                return self._models[MBD_KEY][0]
+            folder = resolve_mbd(download=download)
+            size = (folder / WEIGHTS_FILE).stat().st_size  # float32 on every device
+            self._make_room(size)
+            loaded = MultiBandDiffusion.load(folder, self.device)
+            self._models[MBD_KEY] = (loaded, size)
+            return loaded
 
     def clear(self) -> None:
         """Unloads every model."""

@@ -55,7 +55,8 @@ DEPRECATED_BUILD_KEYS = {"python_packages", "pre_install"}
 TORCH_CUDAS = {"2.9.1": ("12.6", "12.8", "13.0")}
 
 # name -> (annotation as written, default): the inputs of Replicate's meta/musicgen that callers rely on,
-# in their order, with MusicGen-Style's three (style_excerpt_length, style_eval_q,
+# in their order (multi_band_diffusion where meta/musicgen has it, after continuation_end), with
+# MusicGen-Style's three (style_excerpt_length, style_eval_q,
 # classifier_free_guidance_beta) next to the inputs they go with
 EXPECTED_INPUTS = {
     "model_version": ("str", "stereo-melody-large"),
@@ -65,6 +66,7 @@ EXPECTED_INPUTS = {
     "continuation": ("bool", False),
     "continuation_start": ("int", 0),
     "continuation_end": ("int | None", None),
+    "multi_band_diffusion": ("bool", False),
     "style_excerpt_length": ("float", 3.0),
     "style_eval_q": ("int", 3),
     "normalization_strategy": ("str", "loudness"),
