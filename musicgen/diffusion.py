@@ -300,11 +300,15 @@ class MultiBandDiffusion:
             raise CheckpointError(f"{config_path}: not readable JSON ({e})") from None
         config = MBDConfig.from_dict(raw, str(config_path))
         config.source = config.source or str(folder)
+        again = "convert it again (`python scripts/download_weights.py mbd` after removing the folder)"
         try:
             state = load_file(weights_path)
         except Exception as e:  # safetensors raises its own error types for a damaged file
-            raise CheckpointError(f"{weights_path}: not a readable safetensors file ({e})") from None
-        return cls(config, state, device)
+            raise CheckpointError(f"{weights_path}: not a readable safetensors file ({e}); {again}") from None
+        try:
+            return cls(config, state, device)
+        except CheckpointError as e:  # name the folder to remove, not only the release it came from
+            raise CheckpointError(f"{folder}: {e}; {again}") from None
 
     @classmethod
     def from_weights(cls, device: str | torch.device = "cpu", download: bool = True) -> MultiBandDiffusion:

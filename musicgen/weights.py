@@ -14,7 +14,11 @@ Layout under `weights_dir()`:
   or audiocraft's layout (`state_dict.bin` + `compression_state_dict.bin`) for a variant whose Hub repo
   holds nothing else (`style/`, MusicGen-Style);
 - `hub/<owner>--<name>/` — any other Hub repo: a MusicGen fine-tune, or a sub-model (text encoder, codec,
-  MusicGen-Style's MERT) that an audiocraft-layout checkpoint names instead of bundling (`named_submodels`).
+  MusicGen-Style's MERT) that an audiocraft-layout checkpoint names instead of bundling (`named_submodels`);
+- `mbd/` — MultiBand Diffusion, the optional diffusion decoder (`resolve_mbd`): `config.json` +
+  `model.safetensors`, converted from the release's pickle (`facebook/multiband-diffusion`,
+  `mbd_musicgen_32khz.th`) by `checkpoints.mbd_release`. The engine reads only this converted form; the
+  pickle is read from the Hugging Face cache when it is there, else downloaded, converted, and deleted.
 
 A folder is complete or absent: downloads land in a hidden sibling folder that is renamed into place only once
 every file has arrived, so an interrupted download never looks like a checkpoint.
@@ -40,7 +44,7 @@ from pathlib import Path
 
 import huggingface_hub
 import huggingface_hub.constants as hf_constants
-from huggingface_hub import HfApi, snapshot_download
+from huggingface_hub import HfApi, hf_hub_download, snapshot_download
 from huggingface_hub.errors import HFValidationError, IncompleteSnapshotError, LocalEntryNotFoundError
 from huggingface_hub.utils import tqdm as hub_tqdm
 
@@ -49,6 +53,11 @@ from .errors import CheckpointError, WeightsNotFoundError
 from .variants import VARIANTS, find_variant
 
 FETCH_SCRIPT = "python scripts/download_weights.py"
+
+# MultiBand Diffusion's release (audiocraft's `MultiBandDiffusion.get_mbd_musicgen`), and its converted folder
+MBD_HUB_ID = "facebook/multiband-diffusion"
+MBD_FILE = "mbd_musicgen_32khz.th"
+MBD_DIR = "mbd"
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "spiece.model", "special_tokens_map.json")
 # A T5 folder in the Hugging Face cache counts only with one of these: transformers builds T5's tokenizer from
@@ -260,6 +269,82 @@ def named_submodels(folder: Path) -> list[str]:
     if style is not None and not (folder / MERT_DIR).is_dir():
         names.append(style.mert_name)
     return list(dict.fromkeys(names))
+
+
+def resolve_mbd(download: bool = True, hf_cache: bool = True) -> Path:
+    """The folder of the converted MultiBand Diffusion decoder, `weights_dir()/mbd`, made when needed.
+
+    That folder (config.json + model.safetensors) is returned when complete. Otherwise the release file
+    (`MBD_FILE` of the Hub repo `MBD_HUB_ID`, a pickle the engine never loads as such) is converted into it
+    by `checkpoints.mbd_release.convert_mbd_release`: taken from the Hugging Face cache (`hf_cache_dir()`)
+    when it is there (and `hf_cache` is true), else downloaded from the Hub (`$HF_ENDPOINT`, read now) into
+    a hidden sibling folder that is deleted once converted, only if `download` is true and HF_HUB_OFFLINE
+    (or TRANSFORMERS_OFFLINE) is not set. Raises `WeightsNotFoundError`, naming where it looked and the
+    command that fetches it, when that is not allowed or fails, and `CheckpointError` for a release file
+    the converter refuses.
+    """
+    from .checkpoints.mbd_release import convert_mbd_release, is_converted
+
+    dest = weights_dir() / MBD_DIR
+    if is_converted(dest):
+        return dest
+    source = f"{MBD_HUB_ID}/{MBD_FILE}"
+    where = f"not in {dest}"
+    if hf_cache:
+        cache = hf_cache_dir()
+        cached = _cached_file(MBD_HUB_ID, MBD_FILE, cache)
+        if cached is not None:
+            return convert_mbd_release(cached, dest, source=source, replace=False)
+        where += f", nor ({MBD_FILE}) in the Hugging Face cache at {cache}"
+
+    command = f"{FETCH_SCRIPT} mbd"
+    what = f"MultiBand Diffusion ({MBD_HUB_ID}, {MBD_FILE})"
+    offline = _offline_setting()
+    if offline is not None:
+        variable = offline.split("=")[0]
+        raise WeightsNotFoundError(
+            f"The weights of {what} are {where}, and {offline} forbids downloading them. "
+            f"Fetch them where the Hub is reachable with `{command}`, then make {dest} available here "
+            f"(MUSICGEN_WEIGHTS_DIR sets the weights folder, now {weights_dir()}); or unset {variable} "
+            "to let them download."
+        )
+    if not download:
+        raise WeightsNotFoundError(
+            f"The weights of {what} are {where}, and downloading is turned off. Fetch them with `{command}`."
+        )
+    # read at call time, as `download` does
+    endpoint = os.environ.get("HF_ENDPOINT") or None
+    shown_endpoint = endpoint or "https://huggingface.co"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    # the pickle lands in a hidden folder that `resolve_*` never looks at, removed whatever happens
+    tmp = dest.parent / f".{dest.name}.download-{os.getpid()}-{secrets.token_hex(4)}"
+    tmp.mkdir()
+    try:
+        try:
+            pickled = hf_hub_download(
+                MBD_HUB_ID, MBD_FILE, local_dir=tmp, endpoint=endpoint, tqdm_class=hub_tqdm
+            )
+        except Exception as err:  # the Hub client fails in many ways; each means "not available from here"
+            raise WeightsNotFoundError(
+                f"The weights of {what} are {where}, and could not be downloaded from {shown_endpoint}: "
+                f"{_short(err)}. Fetch them where the Hub is reachable with `{command}`, then make {dest} "
+                f"available here (MUSICGEN_WEIGHTS_DIR sets the weights folder, now {weights_dir()})."
+            ) from err
+        return convert_mbd_release(Path(pickled), dest, source=source, replace=False)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _cached_file(hub_id: str, filename: str, cache: Path) -> Path | None:
+    """The file `filename` of `hub_id` (main revision) in the Hugging Face cache at `cache`, or None."""
+    try:
+        # local_files_only: huggingface_hub only reads its cache (refs/main -> the snapshot's file) and never
+        # opens a connection; called through the package, as `_cached_snapshot` does
+        found = huggingface_hub.hf_hub_download(hub_id, filename, cache_dir=cache, local_files_only=True)
+    except (LocalEntryNotFoundError, HFValidationError, OSError):
+        return None
+    path = Path(found)
+    return path if path.is_file() else None
 
 
 def download(
