@@ -273,10 +273,13 @@ def unet_flops(cfg: UNetConfig, samples: int, frames: int) -> float:
     if cfg.codec_dim is not None:
         flops += 2 * cfg.codec_dim * dim * frames
     if cfg.transformer:
-        per_token = 4 * dim * dim + 2 * dim * TRANSFORMER_FEEDFORWARD + 2 * length * dim  # attention scores
-        if cfg.cross_attention:
-            per_token += 4 * dim * dim + 2 * frames * dim
-        flops += 2 * TRANSFORMER_LAYERS * per_token * length
+        # multiply-adds per layer: projections, scores and weighted sum, feed-forward
+        layer = (4 * dim * dim + 2 * length * dim + 2 * dim * TRANSFORMER_FEEDFORWARD) * length
+        if cfg.cross_attention:  # queries and output over the bottleneck, keys and values over the frames
+            layer += 2 * dim * dim * length + 2 * dim * dim * frames + 2 * length * frames * dim
+        flops += 2 * TRANSFORMER_LAYERS * layer
     elif cfg.bilstm:
-        flops += 2 * 2 * 2 * 4 * (dim * dim * 2) * length  # 2 layers, 2 directions, 4 gates, input + hidden
+        # per position, 4 gates x 2 directions: layer 1 reads dim + dim, layer 2 reads 2 dim + dim; then the
+        # linear 2 dim -> dim: 16 + 24 + 2 = 42 dim^2 multiply-adds
+        flops += 2 * 42 * dim * dim * length
     return flops
