@@ -116,6 +116,8 @@ musicgen.batching). A record per round holds, per side:
 The summary gives the medians over rounds and the ratio of every round; the command fails (exit code 1) when
 an output differs.
 
+`--mbd` measures MultiBand Diffusion's decode next to EnCodec's, per second of audio (musicgen/bench_mbd.py).
+
 This module imports only the standard library at the top, so the CLI starts fast and `import_s` is honest.
 """
 
@@ -2061,8 +2063,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--rounds",
         type=int,
-        default=1,
-        help="measure every implementation this many times, every other round in reverse order (default 1)",
+        help="measure every implementation this many times, every other round in reverse order (default 1; "
+        "--mbd: 3)",
     )
     p.add_argument(
         "--seconds",
@@ -2115,12 +2117,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="requests per side, each its own prompt and seed (default 4); the server takes K at once "
         "(COG_MAX_CONCURRENCY) and decodes up to K clips together (MUSICGEN_MAX_BATCH)",
     )
+    from .bench_mbd import add_mbd_arguments
+
+    add_mbd_arguments(p)
 
 
 def run_cli(args: argparse.Namespace) -> int:
     """`python -m musicgen bench` with parsed `args`."""
     from .errors import InvalidInputError
 
+    if args.rounds is None:
+        args.rounds = 3 if args.mbd else 1
     if args.batch < 1 or args.steps < 1 or args.repeats < 1 or args.rounds < 1:
         raise InvalidInputError("--batch, --steps, --repeats and --rounds must be at least 1.")
     if args.seconds is None:
@@ -2147,6 +2154,10 @@ def run_cli(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(record), flush=True)
 
+    if args.mbd:
+        from .bench_mbd import run_mbd_cli
+
+        return run_mbd_cli(args, args.rounds)
     if args.serve:
         return _serve_cli(args, spec, settings, emit)
     if args.style:

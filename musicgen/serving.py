@@ -137,7 +137,8 @@ class ModelCache:
                 self._models.move_to_end(MBD_KEY)
                 return self._models[MBD_KEY][0]
             folder = resolve_mbd(download=download)
-            size = (folder / WEIGHTS_FILE).stat().st_size  # float32 on every device
+            size = (folder / WEIGHTS_FILE).stat().st_size  # float32; bf16 on CUDA
+            size //= 2 if self.device.type == "cuda" else 1
             self._make_room(size)
             loaded = MultiBandDiffusion.load(folder, self.device)
             self._models[MBD_KEY] = (loaded, size)
