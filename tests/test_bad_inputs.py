@@ -173,6 +173,8 @@ PREDICTION_CASES: list[tuple[dict, tuple[str, ...]]] = [
     # continuation and its window
     ({"continuation": "yes"}, ("continuation must be true or false",)),
     ({"continuation": 1}, ("continuation must be true or false",)),
+    ({"multi_band_diffusion": "yes"}, ("multi_band_diffusion must be true or false",)),
+    ({"multi_band_diffusion": None}, ("multi_band_diffusion must be true or false",)),
     ({"continuation": None}, ("continuation must be true or false",)),
     ({**CONTINUE, "input_audio": "@tone.wav", "continuation_start": -1}, ("continuation_start must be 0",)),
     ({**CONTINUE, "continuation_start": 1.5}, ("continuation_start must be a whole number",)),
