@@ -168,8 +168,9 @@ def _load_exported(path: Path, export_fn: str) -> dict:
     try:
         pkg = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        # torch's weights-only unpickler names the first global (class or function) it refused to import
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        # torch's weights-only unpickler names the first global (class or function) it refused to import:
+        # "Unsupported global: GLOBAL x.y", or "unsupported GLOBAL x.y whose module x is blocked"
+        found = re.search(r"GLOBAL (\S+)", str(e))
         if found is None:
             raise CheckpointError(
                 f"{path}: cannot be read as a torch file (not written by torch.save, or damaged)"
