@@ -277,9 +277,16 @@ class MultiBandDiffusion:
             dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float
             unet = unet.eval().to(self.device, dtype)
             self.bands.append(_Band(unet, ReverseSchedule(b.schedule, config.step_list), processor))
-        left = [k for k in state if not k.startswith(tuple(f"bands.{i}." for i in range(len(config.bands))))]
+        # every tensor must have been read: a processor's statistics for a band without one, or a band the
+        # config does not have, mean the weights and the config disagree
+        read = tuple(f"bands.{i}.model." for i in range(len(config.bands))) + tuple(
+            f"bands.{i}.processor." for i, b in enumerate(config.bands) if b.processor.use
+        )
+        left = [k for k in state if not k.startswith(read)]
         if left:
-            raise CheckpointError(f"{config.source}: unexpected tensors {left[:5]} (not in any band)")
+            raise CheckpointError(
+                f"{config.source}: unexpected tensors {left[:5]} (no band of the config reads them)"
+            )
         self.re_eq_split = julius.SplitBands(config.sample_rate, n_bands=config.re_eq_bands).to(self.device)
         self.max_rows = 8 if self.device.type == "cuda" else 2
 

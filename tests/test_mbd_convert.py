@@ -10,6 +10,7 @@ import importlib.util
 import json
 import os
 import pickle
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -397,3 +398,21 @@ def test_script_refusal_is_a_message(hub_env, tmp_path, capsys):
 
     assert f"error: {junk}: cannot be read as a torch file" in capsys.readouterr().err
     assert _tree(hub_env) == set()
+
+
+def test_loading_refuses_tensors_no_band_reads(tmp_path):
+    """A converted folder whose weights hold a processor's statistics for a band without a processor (or a
+    band the config lacks) disagrees with its config: refused, naming the folder and the tensors."""
+    from safetensors.torch import save_file
+
+    from musicgen.diffusion import WEIGHTS_FILE
+
+    for extra in ("bands.0.processor.sum_x", "bands.5.model.embedding.weight"):
+        folder = make_tiny_mbd(tmp_path / extra, processor_bands=(1,))
+        state = load_file(folder / WEIGHTS_FILE)
+        state[extra] = torch.ones(3)
+        save_file(state, folder / WEIGHTS_FILE)
+        with pytest.raises(
+            CheckpointError, match=rf"{re.escape(str(folder))}: .*{re.escape(extra)}.*no band"
+        ):
+            MultiBandDiffusion.load(folder)
