@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -289,6 +290,10 @@ class MultiBandDiffusion:
             )
         self.re_eq_split = julius.SplitBands(config.sample_rate, n_bands=config.re_eq_bands).to(self.device)
         self.max_rows = 8 if self.device.type == "cuda" else 2
+        # one decode at a time: concurrent requests' decodes are each compute-bound, so running them side by
+        # side only splits the device (on CPU, torch's threads of two decodes then wait on each other, several
+        # times slower in all) and adds their activations up; in turn, each finishes as soon as it can
+        self._decoding = threading.Lock()
 
     @classmethod
     def load(cls, folder: str | Path, device: str | torch.device = "cpu") -> MultiBandDiffusion:
@@ -376,20 +381,21 @@ class MultiBandDiffusion:
             torch.Generator(self.device).manual_seed(_row_seed(seed, b, c, w, len(starts)))
             for b, c, w in rows
         ]
-        out = torch.zeros(len(rows), 1, frames * hop, device=self.device)  # [rows, 1, S_window]
-        for band in self.bands:
-            for first in range(0, len(rows), self.max_rows):
-                group = range(first, min(first + self.max_rows, len(rows)))
-                cond = torch.stack(
-                    [
-                        latent[rows[r][0], rows[r][1], :, starts[rows[r][2]] : starts[rows[r][2]] + frames]
-                        for r in group
-                    ]
-                ).to(self.device, torch.float)  # [G, D, frames]
-                noise = _RowNoise([generators[r] for r in group], frames * hop, self.device)
-                out[first : group.stop] += self._sample_band(band, cond, noise, on_step)
-        audio = stitch(out.view(B, C, len(starts), frames * hop), starts, hop, T * hop)  # [B, C, S]
-        return torch.stack([self.re_eq(audio[b], reference[b].to(self.device)) for b in range(B)]).cpu()
+        with self._decoding:
+            out = torch.zeros(len(rows), 1, frames * hop, device=self.device)  # [rows, 1, S_window]
+            for band in self.bands:
+                for first in range(0, len(rows), self.max_rows):
+                    group = range(first, min(first + self.max_rows, len(rows)))
+                    cond = torch.stack(
+                        [
+                            latent[b, c, :, starts[w] : starts[w] + frames]
+                            for b, c, w in rows[first : group.stop]
+                        ]
+                    ).to(self.device, torch.float)  # [G, D, frames]
+                    noise = _RowNoise([generators[r] for r in group], frames * hop, self.device)
+                    out[first : group.stop] += self._sample_band(band, cond, noise, on_step)
+            audio = stitch(out.view(B, C, len(starts), frames * hop), starts, hop, T * hop)  # [B, C, S]
+            return torch.stack([self.re_eq(audio[b], reference[b].to(self.device)) for b in range(B)]).cpu()
 
     def _sample_band(self, band: _Band, cond: torch.Tensor, noise: _RowNoise, on_step) -> torch.Tensor:
         """The band's reverse process from fresh noise: [G, 1, S]."""

@@ -754,6 +754,41 @@ def test_decode_seeding(mbd_pair):
     assert (a - c).abs().max() > 1e-3 * a.abs().max()
 
 
+def test_concurrent_decodes_run_one_at_a_time_and_equal_their_solo_results(mbd_pair, monkeypatch):
+    """Two threads decoding with one decoder take turns (never two reverse processes at once) and each gets
+    what it gets alone."""
+    import threading
+
+    mbd = mbd_pair[0]
+    inputs = [decode_inputs(1, 2, 8, seed=95), decode_inputs(1, 1, 8, seed=96)]
+    alone = [mbd.decode(latent, reference, seed=9, hop=HOP) for latent, reference in inputs]
+    active, most = [0], [0]
+    original = MultiBandDiffusion._sample_band
+
+    def counted(self, *args):
+        active[0] += 1
+        most[0] = max(most[0], active[0])
+        try:
+            return original(self, *args)
+        finally:
+            active[0] -= 1
+
+    monkeypatch.setattr(MultiBandDiffusion, "_sample_band", counted)
+    together = [None, None]
+
+    def run(i):
+        together[i] = mbd.decode(*inputs[i], seed=9, hop=HOP)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert most[0] == 1
+    for a, b in zip(alone, together, strict=True):
+        assert torch.equal(a, b)
+
+
 def test_decode_independent_of_row_grouping(mbd_pair):
     mbd = mbd_pair[0]
     latent, reference = decode_inputs(2, 2, 8, seed=90)
