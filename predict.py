@@ -10,6 +10,7 @@ by `cog build`) has no OpenAPI schema and hands run() whatever JSON it got; ever
 import asyncio
 import contextlib
 import os
+import threading
 import time
 from dataclasses import dataclass
 
@@ -194,7 +195,15 @@ class Runner(BaseRunner):
         )
         codes = await ticket.wait()
         print(ticket.summary())
-        return await asyncio.to_thread(self._write, request, codes)
+        progress = _DiffusionLog() if request.mbd is not None else None
+        try:
+            return await asyncio.to_thread(self._write, request, codes, progress)
+        except asyncio.CancelledError:
+            # the thread cannot be cancelled from here: a diffusion decode (minutes on CPU) stops at its
+            # next step instead of running on for a prediction nobody waits for
+            if progress is not None:
+                progress.cancelled.set()
+            raise
 
     def _request(
         self,
@@ -327,9 +336,8 @@ class Runner(BaseRunner):
         )
         return _Request(model_version, model, job, strategy, output_format, mbd)
 
-    def _write(self, request: "_Request", codes: torch.Tensor) -> Path:
+    def _write(self, request: "_Request", codes: torch.Tensor, progress: "_DiffusionLog | None") -> Path:
         """Decode (EnCodec, or MultiBand Diffusion with its progress in the logs), normalise, write."""
-        progress = _DiffusionLog() if request.mbd is not None else None
         with torch.inference_mode():
             result = request.model.finish(codes, request.job.seed, mbd=request.mbd, on_step=progress)
         wav = normalize(result.audio[0], request.strategy, result.sample_rate)  # [C, S]: stereo stays stereo
@@ -351,13 +359,17 @@ class _Request:
 
 
 class _DiffusionLog:
-    """Logs MultiBand Diffusion's progress: a line at each tenth of its steps, with the time so far."""
+    """Logs MultiBand Diffusion's progress: a line at each tenth of its steps, with the time so far; stops
+    the decode at its next step once `cancelled` is set."""
 
     def __init__(self):
         self.start = time.monotonic()
         self.logged = 0
+        self.cancelled = threading.Event()
 
     def __call__(self, done: int, total: int) -> None:
+        if self.cancelled.is_set():
+            raise _Cancelled("the prediction was cancelled during its multi-band diffusion")
         tenth = 10 * done // total
         if tenth > self.logged or done == 1:
             self.logged = max(self.logged, tenth)
@@ -365,6 +377,10 @@ class _DiffusionLog:
                 f"multi-band diffusion: {done}/{total} steps ({100 * done // total}%), "
                 f"{time.monotonic() - self.start:.1f} s"
             )
+
+
+class _Cancelled(Exception):
+    """Ends a decode whose prediction was cancelled (nobody receives its error)."""
 
 
 def _inputs_of(names: dict) -> dict:

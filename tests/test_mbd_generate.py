@@ -136,3 +136,46 @@ def test_server_names_the_command_when_mbd_weights_are_missing(tmp_path):
         assert failed["status"] == "failed"
         assert "python scripts/download_weights.py mbd" in failed["error"]
         assert server.predict(model_version="small", duration=1)["status"] == "succeeded"
+
+
+def test_cancelling_a_prediction_stops_its_diffusion(weights_env, monkeypatch):
+    """The decode runs in a thread, which asyncio cannot cancel: a cancelled prediction's diffusion stops at
+    its next step instead of running on (minutes on CPU) for nobody."""
+    import asyncio
+    import inspect
+    import time
+
+    from musicgen.diffusion import MultiBandDiffusion
+    from predict import Runner
+
+    steps = []
+    original = MultiBandDiffusion._sample_band
+
+    def slowed(self, band, cond, noise, on_step):
+        def step():
+            steps.append(time.monotonic())
+            time.sleep(0.05)
+            on_step()
+
+        return original(self, band, cond, noise, step)
+
+    monkeypatch.setattr(MultiBandDiffusion, "_sample_band", slowed)
+    runner = Runner()
+    runner.setup()
+    params = inspect.signature(Runner.run).parameters
+    inputs = {name: p.default.default for name, p in params.items() if name != "self"}
+    inputs.update(model_version="small", duration=1, seed=2, multi_band_diffusion=True)
+
+    async def cancel_during_the_diffusion():
+        task = asyncio.create_task(runner.run(**inputs))
+        while len(steps) < 3:
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    # asyncio.run returns once its executor's threads have ended: the decode thread included
+    asyncio.run(cancel_during_the_diffusion())
+    mbd = runner.cache.mbd()
+    total = mbd.reverse_steps(50, 1, 640)
+    assert 3 <= len(steps) <= 5 < total  # it stopped within a step or two of the cancellation
