@@ -83,14 +83,14 @@ def choose_config(tiny: bool = False, transformer: bool = True):
         return tiny_config(transformer), "tiny (tests)"
     if not transformer:
         return assumed_config(False), "assumed, without the Transformer (see musicgen/bench_mbd.py)"
-    try:
-        from .diffusion import CONFIG_FILE, MBDConfig
-        from .weights import resolve_mbd
+    from .diffusion import CONFIG_FILE, MBDConfig
+    from .errors import MusicGenError
+    from .weights import resolve_mbd
 
-        path = resolve_mbd(download=False) / CONFIG_FILE
-        config = MBDConfig.from_dict(json.loads(path.read_text()), str(path))
-        return config, f"converted release: {path}"
-    except Exception as e:  # no resolve_mbd yet, nothing converted, an unreadable file: the assumed config
+    try:
+        folder = resolve_mbd(download=False)
+        return MBDConfig.read(folder), f"converted release: {folder / CONFIG_FILE}"
+    except MusicGenError as e:  # nothing converted, or an unreadable config: the assumed one
         _log(f"no converted MultiBand Diffusion config used ({type(e).__name__}: {e}); assuming one")
         return assumed_config(transformer), "assumed (see musicgen/bench_mbd.py)"
 

@@ -141,6 +141,24 @@ class MBDConfig:
         config.check(where)
         return config
 
+    @classmethod
+    def read(cls, folder: str | Path) -> MBDConfig:
+        """The config of the converted folder `folder` (its config.json), checked; `source` names where the
+        weights came from, else the folder."""
+        path = Path(folder) / CONFIG_FILE
+        try:
+            raw = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise CheckpointError(
+                f"{path}: not found; a converted MultiBand Diffusion folder holds {CONFIG_FILE} and "
+                f"{WEIGHTS_FILE} (`python scripts/download_weights.py mbd` makes one)"
+            ) from None
+        except (OSError, ValueError) as e:
+            raise CheckpointError(f"{path}: not readable JSON ({e})") from None
+        config = cls.from_dict(raw, str(path))
+        config.source = config.source or str(folder)
+        return config
+
     def check(self, where: str = "config") -> None:
         """Refuses settings this code does not run, so a model never runs with the wrong maths."""
         if not self.bands:
@@ -308,12 +326,7 @@ class MultiBandDiffusion:
                     f"{path}: not found; a converted MultiBand Diffusion folder holds {CONFIG_FILE} and "
                     f"{WEIGHTS_FILE} (`python scripts/download_weights.py mbd` makes one)"
                 )
-        try:
-            raw = json.loads(config_path.read_text())
-        except (OSError, ValueError) as e:
-            raise CheckpointError(f"{config_path}: not readable JSON ({e})") from None
-        config = MBDConfig.from_dict(raw, str(config_path))
-        config.source = config.source or str(folder)
+        config = MBDConfig.read(folder)
         again = "convert it again (`python scripts/download_weights.py mbd` after removing the folder)"
         try:
             state = load_file(weights_path)

@@ -299,19 +299,7 @@ def resolve_mbd(download: bool = True, hf_cache: bool = True) -> Path:
 
     command = f"{FETCH_SCRIPT} mbd"
     what = f"MultiBand Diffusion ({MBD_HUB_ID}, {MBD_FILE})"
-    offline = _offline_setting()
-    if offline is not None:
-        variable = offline.split("=")[0]
-        raise WeightsNotFoundError(
-            f"The weights of {what} are {where}, and {offline} forbids downloading them. "
-            f"Fetch them where the Hub is reachable with `{command}`, then make {dest} available here "
-            f"(MUSICGEN_WEIGHTS_DIR sets the weights folder, now {weights_dir()}); or unset {variable} "
-            "to let them download."
-        )
-    if not download:
-        raise WeightsNotFoundError(
-            f"The weights of {what} are {where}, and downloading is turned off. Fetch them with `{command}`."
-        )
+    _check_download_allowed(what, where, dest, command, download)
     # read at call time, as `download` does
     endpoint = os.environ.get("HF_ENDPOINT") or None
     shown_endpoint = endpoint or "https://huggingface.co"
@@ -325,11 +313,8 @@ def resolve_mbd(download: bool = True, hf_cache: bool = True) -> Path:
                 MBD_HUB_ID, MBD_FILE, local_dir=tmp, endpoint=endpoint, tqdm_class=hub_tqdm
             )
         except Exception as err:  # the Hub client fails in many ways; each means "not available from here"
-            raise WeightsNotFoundError(
-                f"The weights of {what} are {where}, and could not be downloaded from {shown_endpoint}: "
-                f"{_short(err)}. Fetch them where the Hub is reachable with `{command}`, then make {dest} "
-                f"available here (MUSICGEN_WEIGHTS_DIR sets the weights folder, now {weights_dir()})."
-            ) from err
+            detail = f"Downloading from {shown_endpoint} failed: {_short(err)}."
+            raise _download_failed(what, where, detail, dest, command) from err
         return convert_mbd_release(Path(pickled), dest, source=source, replace=False)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -450,6 +435,16 @@ def _find_or_download(
 
     command = f"{FETCH_SCRIPT} {option}{label}"
     what = f"{label!r}" if label == hub_id else f"{label!r} ({hub_id})"
+    _check_download_allowed(what, where, dest, command, download_allowed)
+    try:
+        return download(hub_id, dest, patterns, required)
+    except WeightsNotFoundError as err:
+        raise _download_failed(what, where, str(err), dest, command) from err
+
+
+def _check_download_allowed(what: str, where: str, dest: Path, command: str, allowed: bool) -> None:
+    """Raises `WeightsNotFoundError` (what is missing, where it was looked for, the command that fetches it)
+    when the Hub is turned off or downloading is not allowed."""
     offline = _offline_setting()
     if offline is not None:
         variable = offline.split("=")[0]
@@ -459,18 +454,18 @@ def _find_or_download(
             f"(MUSICGEN_WEIGHTS_DIR sets the weights folder, now {weights_dir()}); or unset {variable} "
             "to let them download."
         )
-    if not download_allowed:
+    if not allowed:
         raise WeightsNotFoundError(
             f"The weights of {what} are {where}, and downloading is turned off. Fetch them with `{command}`."
         )
-    try:
-        return download(hub_id, dest, patterns, required)
-    except WeightsNotFoundError as err:
-        raise WeightsNotFoundError(
-            f"The weights of {what} are {where}, and could not be downloaded. {err} "
-            f"Fetch them where the Hub is reachable with `{command}`, then make {dest} available here "
-            f"(MUSICGEN_WEIGHTS_DIR sets the weights folder, now {weights_dir()})."
-        ) from err
+
+
+def _download_failed(what: str, where: str, detail: str, dest: Path, command: str) -> WeightsNotFoundError:
+    return WeightsNotFoundError(
+        f"The weights of {what} are {where}, and could not be downloaded. {detail} "
+        f"Fetch them where the Hub is reachable with `{command}`, then make {dest} available here "
+        f"(MUSICGEN_WEIGHTS_DIR sets the weights folder, now {weights_dir()})."
+    )
 
 
 def _cached_snapshot(

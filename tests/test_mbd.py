@@ -162,24 +162,12 @@ class RefTransformer(nn.Module):
 class RefUnet(nn.Module):
     """audiocraft.models.unet.DiffusionUnet (forward returns the tensor instead of Output(sample))."""
 
+    # every setting given (the tests' values are in `unet_kwargs`), none defaulted: a second set of defaults
+    # here could silently disagree with the engine's side
     def __init__(
-        self,
-        chin=1,
-        hidden=8,
-        depth=2,
-        growth=2.0,
-        max_channels=10_000,
-        num_steps=1000,
-        emb_all_layers=True,
-        cross_attention=False,
-        bilstm=False,
-        transformer=True,
-        codec_dim=CODEC_DIM,
-        kernel=8,
-        stride=4,
-        norm_groups=4,
-        res_blocks=1,
-    ):
+        self, *, chin, hidden, depth, growth, max_channels, num_steps, emb_all_layers, cross_attention,
+        bilstm, transformer, codec_dim, kernel, stride, norm_groups, res_blocks,
+    ):  # fmt: skip
         super().__init__()
         layer_kw = dict(kernel=kernel, stride=stride, norm_groups=norm_groups, res_blocks=res_blocks)
         self.encoders = nn.ModuleList()

@@ -3,12 +3,14 @@
 - `transformers_layout`: `config.json` + safetensors (+ tokenizer files), as `save_pretrained` writes it
   and as the `facebook/musicgen-*` Hub repos hold it.
 - `audiocraft_layout`: `state_dict.bin` + `compression_state_dict.bin`, as audiocraft exports them.
+- `mbd_release`: MultiBand Diffusion's release pickle -> the converted folder `musicgen.diffusion` loads.
 
 Readers never unpickle code: safetensors, or `torch.load(weights_only=True)`.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,3 +49,11 @@ def detect_layout(folder: Path) -> str | None:
     if (folder / "state_dict.bin").is_file():
         return "audiocraft"
     return None
+
+
+def refused_global(err: Exception) -> str | None:
+    """The global (class or function, "module.name") whose import torch's weights-only unpickler refused, as
+    its error names it ("Unsupported global: GLOBAL x.y", or "unsupported GLOBAL x.y whose module x is
+    blocked"); None for any other failure (a damaged or foreign file)."""
+    found = re.search(r"GLOBAL (\S+)", str(err))
+    return None if found is None else found[1]

@@ -36,7 +36,7 @@ import yaml
 
 from ..config import FRAME_RATE, SAMPLE_RATE, LMConfig, ModelConfig
 from ..errors import CheckpointError
-from . import Checkpoint
+from . import Checkpoint, refused_global
 from .audiocraft_encodec import (
     _encodec_config_from_xp,
     encodec_state_from_audiocraft,
@@ -168,15 +168,13 @@ def _load_exported(path: Path, export_fn: str) -> dict:
     try:
         pkg = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        # torch's weights-only unpickler names the first global (class or function) it refused to import:
-        # "Unsupported global: GLOBAL x.y", or "unsupported GLOBAL x.y whose module x is blocked"
-        found = re.search(r"GLOBAL (\S+)", str(e))
+        found = refused_global(e)
         if found is None:
             raise CheckpointError(
                 f"{path}: cannot be read as a torch file (not written by torch.save, or damaged)"
             ) from None
         raise CheckpointError(
-            f"{path} is not an exported audiocraft checkpoint: it holds Python objects ({found[1]}) that "
+            f"{path} is not an exported audiocraft checkpoint: it holds Python objects ({found}) that "
             "only unpickling code could rebuild, and this package never runs code from a checkpoint. Training "
             f"checkpoints must be exported first with audiocraft.utils.export.{export_fn}(checkpoint, "
             "out_file), which keeps only tensors and the config as a YAML string."

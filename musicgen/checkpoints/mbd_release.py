@@ -49,6 +49,7 @@ from ..diffusion import (
 )
 from ..diffusion_unet import DiffusionUnet, UNetConfig
 from ..errors import CheckpointError
+from . import refused_global
 from .audiocraft_xpcfg import _as_float, _as_int, _is_number, _XpCfg
 
 # The release is a few GB; a file many times that is not it, and would only exhaust memory.
@@ -199,16 +200,14 @@ def read_mbd_release(path: Path) -> dict:
         with _READ_LOCK, torch.serialization.safe_globals(allowed):
             pkg = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        # torch's weights-only unpickler names the first global (class or function) it refused to import:
-        # "Unsupported global: GLOBAL x.y" or "unsupported GLOBAL x.y whose module x is blocked"
-        found = re.search(r"GLOBAL (\S+)", str(e))
+        found = refused_global(e)
         if found is None:
             raise CheckpointError(
                 f"{path}: cannot be read as a torch file (not written by torch.save, or damaged: "
                 f"{_first_line(e)})"
             ) from None
         raise CheckpointError(
-            f"{path} is refused: it names the Python global {found[1]}, which MultiBand Diffusion's release "
+            f"{path} is refused: it names the Python global {found}, which MultiBand Diffusion's release "
             "does not hold (only tensors, numbers, strings and OmegaConf configs). Unpickling it could run "
             "code, and this package never imports or calls anything a checkpoint names. Use the release file "
             "mbd_musicgen_32khz.th of the Hub repo facebook/multiband-diffusion as published."
